@@ -1,0 +1,299 @@
+"""Stage 01: train the U-Trans + ConvMixer location model (trainer1).
+
+Example::
+
+    python 01_train/trainer1.py --input_hdf5 DataCollected_California.hdf5 \\
+        --input_trainset train_Events.npy --input_validset valid_Events.npy \\
+        --output_name california --foundation_weights weights/UTrans_Foundation.h5
+
+Writes ``<output_name>_outputs/``: ``models/<output_name>_{epoch:03d}.weights.h5``
+(each time val_loss improves), ``models/model_config.json``, ``history.csv``,
+``<output_name>_loss.png`` and ``X_report.txt``. An existing output folder is
+never touched: the run stops and asks for another name.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cli_common  # noqa: E402
+
+if __name__ == "__main__":
+    cli_common.prepare_environment()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import EqT_utils_Loc_California as U  # noqa: E402
+import utrans_backbone as ub  # noqa: E402
+
+
+def trainer1(input_hdf5=None,
+             input_trainset="train_Events.npy",
+             input_validset="valid_Events.npy",
+             output_name="trainer_outputs",
+             input_dimention=(6000, 3),
+             shuffle=True,
+             label_type="gaussian",
+             normalization_mode="std",
+             augmentation=True,
+             add_event_r=None,
+             shift_event_r=0.99,
+             add_noise_r=0.5,
+             drop_channel_r=0.1,
+             add_gap_r=None,
+             scale_amplitude_r=None,
+             pre_emphasis=False,
+             mode="generator",
+             batch_size=40,
+             epochs=50,
+             monitor="val_loss",
+             patience=10,
+             multi_gpu=False,
+             number_of_gpus=4,
+             gpuid=None,
+             gpu_limit=None,
+             use_multiprocessing=False,
+             workers=1,
+             max_d=U.MAX_D,
+             min_d=U.MIN_D,
+             foundation_weights=None,
+             learning_rate=1e-4,
+             convmixer_filters=512,
+             convmixer_depth=10,
+             convmixer_kernel=13,
+             convmixer_patch=10,
+             seed=None,
+             verbose=1):
+    """Train the location model and write ``<output_name>_outputs/``.
+
+    Parameters
+    ----------
+    input_hdf5 : str
+        DataCollected HDF5 file (one group per trace id, ``<id>/data``).
+    input_trainset, input_validset : str
+        ``.npy`` arrays of training / validation trace ids.
+    output_name : str
+        Results go to ``<output_name>_outputs/`` in the working directory.
+    input_dimention : tuple
+        Trace shape (6000, 3).
+    shuffle : bool
+        Shuffle the training ids every epoch.
+    label_type : str
+        Kept for upstream compatibility; the labels are the 3-value location target.
+    normalization_mode : {'std', 'max'}
+        Per-trace, per-channel normalisation.
+    augmentation : bool
+        Half-batch augmentation of the training set (never of validation).
+    add_event_r, shift_event_r, add_noise_r, drop_channel_r, add_gap_r, scale_amplitude_r : float or None
+        Augmentation rates (upstream California: None, 0.99, 0.5, 0.1, None, None).
+    pre_emphasis : bool
+        Pre-emphasis in the augmentation chain.
+    mode : {'generator'}
+        Data are read from the HDF5 file batch by batch.
+    batch_size : int
+        Traces per batch (40).
+    epochs : int
+        Maximum number of epochs (50).
+    monitor : str
+        Quantity for checkpointing, early stopping and plateau reduction.
+    patience : int
+        Early-stopping patience; the learning rate is reduced by sqrt(0.1)
+        after ``patience - 2`` epochs without improvement.
+    multi_gpu : bool
+        Data-parallel training on ``number_of_gpus`` devices.
+    number_of_gpus : int
+        Devices used when ``multi_gpu``.
+    gpuid : int or None
+        The GPU to use (the command line sets CUDA_VISIBLE_DEVICES from it).
+    gpu_limit : float or None
+        Fraction of the GPU memory the process may use.
+    use_multiprocessing : bool
+        Generator workers as processes (True) or threads (False).
+    workers : int
+        Generator workers (batches prepared in parallel with training).
+    max_d, min_d : float
+        Depth normalisation range in km (California: 114.5, 1e-5).
+    foundation_weights : str or None
+        ``UTrans_Foundation.h5``; None: the ``UTRANS_WEIGHTS`` variable or
+        ``weights/UTrans_Foundation.h5``; 'none': random initialisation.
+    learning_rate : float
+        Base of the step schedule (1e-4).
+    convmixer_filters, convmixer_depth, convmixer_kernel, convmixer_patch : int
+        ConvMixer head size (published: 512, 10, 13, 10).
+    seed : int or None
+        Seed for weight initialisation, shuffling and augmentation.
+    verbose : int
+        Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+
+    Returns
+    -------
+    dict
+        ``output_dir``, ``history`` (dict of lists), ``best_epoch``,
+        ``best_loss``, ``best_weights`` (path), ``time_s``.
+    """
+    start = time.time()
+    check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mode)
+    output_dir = os.path.abspath(f"{output_name}_outputs")
+    if os.path.exists(output_dir):
+        raise FileExistsError(
+            f"output folder {output_dir} already exists; it is left untouched: "
+            "choose another --output_name (or move the folder away)")
+    train_ids = U.load_ids(input_trainset)
+    valid_ids = U.load_ids(input_validset)
+    for name, ids in (("input_trainset", train_ids), ("input_validset", valid_ids)):
+        U.check_split(input_hdf5, ids, name, max_d=max_d, min_d=min_d, require_labels=True)
+    weights = ub.resolve_foundation_weights(foundation_weights)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    U.configure_gpus(gpu_limit)
+
+    common = dict(file_name=input_hdf5, dim=input_dimention, batch_size=batch_size,
+                  norm_mode=normalization_mode, label_type=label_type, max_d=max_d,
+                  min_d=min_d, workers=workers, use_multiprocessing=use_multiprocessing)
+    training_generator = U.DataGenerator(
+        train_ids, shuffle=shuffle, augmentation=augmentation, add_event_r=add_event_r,
+        add_gap_r=add_gap_r, shift_event_r=shift_event_r, add_noise_r=add_noise_r,
+        drop_channe_r=drop_channel_r, scale_amplitude_r=scale_amplitude_r,
+        pre_emphasis=pre_emphasis, seed=seed, **common)
+    validation_generator = U.DataGenerator(valid_ids, shuffle=False, augmentation=False,
+                                           seed=seed, **common)
+
+    head = dict(convmixer_filters=convmixer_filters, convmixer_depth=convmixer_depth,
+                convmixer_kernel=convmixer_kernel, convmixer_patch=convmixer_patch)
+    with U.distribution_scope(multi_gpu, number_of_gpus):
+        model = U.build_location_model(tuple(input_dimention), foundation_weights=weights, **head)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse",
+                      metrics=["mae"])
+
+    models_dir = os.path.join(output_dir, "models")
+    os.makedirs(models_dir)
+    U.write_model_config(os.path.join(models_dir, U.MODEL_CONFIG_NAME),
+                         input_dimention=list(input_dimention), max_d=max_d, min_d=min_d,
+                         normalization_mode=normalization_mode, **head)
+    checkpoint = os.path.join(models_dir, f"{os.path.basename(output_name)}_{{epoch:03d}}.weights.h5")
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, save_best_only=True,
+                                        save_weights_only=True, verbose=min(verbose, 1)),
+        U.ScheduleWithPlateau(learning_rate, monitor=monitor, patience=patience - 2,
+                              verbose=min(verbose, 1)),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
+    ]
+    print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
+          f"{model.count_params():,} parameters, foundation weights: {weights or 'none (random)'}")
+    history = model.fit(training_generator, validation_data=validation_generator,
+                        epochs=epochs, callbacks=callbacks, verbose=verbose)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    best = int(np.argmin(hist[monitor])) if hist.get(monitor) else None
+    result = {
+        "output_dir": output_dir, "history": hist,
+        "best_epoch": None if best is None else best + 1,
+        "best_loss": None if best is None else hist[monitor][best],
+        "best_weights": None if best is None else checkpoint.format(epoch=best + 1),
+        "time_s": time.time() - start,
+    }
+    U.plot_history(hist, os.path.join(output_dir, f"{os.path.basename(output_name)}_loss.png"))
+    U.write_report(os.path.join(output_dir, "X_report.txt"), "trainer1", locals_report(
+        locals(), len(train_ids), len(valid_ids), model, weights, result))
+    print(f"trainer1: best {monitor} {result['best_loss']} at epoch {result['best_epoch']}; "
+          f"weights {result['best_weights']}; {result['time_s']:.0f} s")
+    return result
+
+
+PARAMETERS = trainer1.__code__.co_varnames[:trainer1.__code__.co_argcount]
+
+
+def locals_report(scope, n_train, n_valid, model, weights, result):
+    """The X_report.txt content: every parameter, data sizes, outcome."""
+    lines = [(name, scope[name]) for name in PARAMETERS]
+    lines += [("foundation_weights_used", weights or "none (random initialisation)"),
+              ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
+              ("n_train_traces", n_train), ("n_valid_traces", n_valid),
+              ("n_parameters", model.count_params()),
+              ("epochs_run", len(result["history"].get("loss", []))),
+              ("best_epoch", result["best_epoch"]), ("best_" + scope["monitor"], result["best_loss"]),
+              ("best_weights", result["best_weights"]),
+              ("time_taken_s", round(result["time_s"], 1))]
+    return lines
+
+
+def check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mode):
+    """Reject impossible settings before any work starts."""
+    if not input_hdf5:
+        raise ValueError("input_hdf5 is required")
+    if int(batch_size) < 2:
+        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(patience) < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    if not max_d > min_d:
+        raise ValueError(f"max_d ({max_d}) must be larger than min_d ({min_d})")
+    if mode != "generator":
+        raise ValueError(f"mode must be 'generator', got {mode!r}")
+
+
+def build_parser():
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli_common.Formatter)
+    f, n = cli_common.float_or_none, argparse.BooleanOptionalAction
+    p.add_argument("--input_hdf5", required=True, help="DataCollected HDF5 file of the traces")
+    p.add_argument("--input_trainset", default="train_Events.npy", help=".npy of training trace ids")
+    p.add_argument("--input_validset", default="valid_Events.npy", help=".npy of validation trace ids")
+    p.add_argument("--output_name", default="trainer_outputs",
+                   help="results go to <output_name>_outputs/ (must not exist)")
+    p.add_argument("--input_dimention", type=int, nargs=2, default=[6000, 3],
+                   help="trace shape: samples channels")
+    p.add_argument("--shuffle", action=n, default=True, help="shuffle training ids every epoch")
+    p.add_argument("--label_type", default="gaussian",
+                   help="kept for upstream compatibility (location labels are regression targets)")
+    p.add_argument("--normalization_mode", default="std", choices=["std", "max"],
+                   help="per-trace, per-channel normalisation")
+    p.add_argument("--augmentation", action=n, default=True, help="half-batch augmentation of training data")
+    p.add_argument("--add_event_r", type=f, default=None, help="rate of adding a second event copy (none: off)")
+    p.add_argument("--shift_event_r", type=f, default=0.99, help="rate of circular event shifts")
+    p.add_argument("--add_noise_r", type=f, default=0.5, help="rate of added Gaussian noise (SNR >= 10 dB)")
+    p.add_argument("--drop_channel_r", type=f, default=0.1, help="rate of zeroing channels (SNR >= 10 dB)")
+    p.add_argument("--add_gap_r", type=f, default=None, help="rate of zeroed gaps (none: off)")
+    p.add_argument("--scale_amplitude_r", type=f, default=None, help="rate of amplitude scaling (none: off)")
+    p.add_argument("--pre_emphasis", action=n, default=False, help="pre-emphasis filter in augmentation")
+    p.add_argument("--mode", default="generator", choices=["generator"], help="data feeding mode")
+    p.add_argument("--batch_size", type=int, default=40, help="traces per batch")
+    p.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
+    p.add_argument("--monitor", default="val_loss", help="quantity monitored for checkpoints and stopping")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
+    p.add_argument("--multi_gpu", action=n, default=False, help="data-parallel training on several GPUs")
+    p.add_argument("--number_of_gpus", type=int, default=4, help="GPUs used with --multi_gpu")
+    p.add_argument("--gpuid", type=int, default=None, help="use only this GPU")
+    p.add_argument("--gpu_limit", type=float, default=None, help="fraction of GPU memory to use")
+    p.add_argument("--use_multiprocessing", action=n, default=False,
+                   help="generator workers as processes instead of threads")
+    p.add_argument("--workers", type=int, default=1, help="parallel generator workers")
+    p.add_argument("--max_d", type=float, default=U.MAX_D, help="depth normalisation maximum (km)")
+    p.add_argument("--min_d", type=float, default=U.MIN_D, help="depth normalisation minimum (km)")
+    p.add_argument("--foundation_weights", default=None,
+                   help="UTrans_Foundation.h5 path, or 'none' for random init "
+                        f"(default: $UTRANS_WEIGHTS, else {ub.DEFAULT_WEIGHTS})")
+    p.add_argument("--learning_rate", type=float, default=1e-4, help="base of the learning-rate schedule")
+    p.add_argument("--convmixer_filters", type=int, default=512, help="ConvMixer width")
+    p.add_argument("--convmixer_depth", type=int, default=10, help="ConvMixer blocks")
+    p.add_argument("--convmixer_kernel", type=int, default=13, help="ConvMixer depthwise kernel")
+    p.add_argument("--convmixer_patch", type=int, default=10, help="ConvMixer patch size")
+    p.add_argument("--seed", type=int, default=None, help="random seed (init, shuffle, augmentation)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
+    args["input_dimention"] = tuple(args["input_dimention"])
+    return cli_common.run_main(trainer1, args, "trainer1")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Stage 03: turn a tester's X_test_results.csv into location metrics and figures.
+
+Usage::
+
+    python 03_read/reader.py --input NAME_outputs [--output_dir D] [--no_figures]
+
+Writes ``metrics.csv``, ``metrics.md`` and ``figures/*.png`` into the output
+folder (default: the input folder) and prints the constant-baseline table,
+then the model table, then the epicentral-MAE comparison.
+"""
+import argparse
+import os
+import sys
+
+# Run from any working directory: loc_metrics lives in the repo root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import loc_metrics as lm  # noqa: E402
+
+RESULTS_NAME = 'X_test_results.csv'
+
+
+def reader(input, output_dir=None, figures=True):
+    """Compute and write location metrics for one tester output folder.
+
+    Parameters
+    ----------
+    input : str
+        Tester output folder containing ``X_test_results.csv``.
+    output_dir : str, optional
+        Where to write results; defaults to ``input``.
+    figures : bool
+        Whether to write ``figures/*.png``.
+
+    Returns
+    -------
+    dict
+        ``n_total``, ``n_scored``, ``metrics`` and ``baseline`` (DataFrames,
+        None when nothing is scorable), ``paths`` (files written) and
+        ``message`` (why nothing was scored, else None).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder or the CSV is missing.
+    ValueError
+        If a required column is missing or predictions are NaN.
+    """
+    if not os.path.isdir(input):
+        raise FileNotFoundError(f"input folder not found: {input}")
+    output_dir = input if output_dir is None else output_dir
+    df = lm.read_results(os.path.join(input, RESULTS_NAME))
+    errors = lm.location_errors(df)
+    out = {'n_total': len(df), 'n_scored': len(errors), 'metrics': None,
+           'baseline': None, 'paths': [], 'message': None}
+    if len(errors) == 0:
+        out['message'] = ('no scorable rows: every trace lacks event_lat/event_lon/'
+                          'depth_km truth, so no error table; metrics.csv not written')
+        return out
+    out['metrics'] = lm.metrics_table(errors)
+    out['baseline'] = lm.metrics_table(lm.constant_baseline(df))
+    out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'])
+    if figures:
+        out['paths'] += lm.make_figures(df, errors, os.path.join(output_dir, 'figures'))
+    return out
+
+
+def _report(res):
+    """Print the summary; the model table and the comparison line come last."""
+    print(f"traces: {res['n_scored']} scored / {res['n_total']} total")
+    if res['metrics'] is None:
+        print(res['message'])
+        return
+    for p in res['paths']:
+        print(f"wrote {p}")
+    print('\nconstant predictor (test-set mean offset, optimistic):')
+    print(lm.format_table(res['baseline']))
+    print('\nmodel:')
+    print(lm.format_table(res['metrics']))
+    m, b = (float(t.set_index('quantity').loc['epicentral_km', 'mae'])
+            for t in (res['metrics'], res['baseline']))
+    ratio = f"{m / b:.3f}" if b > 0 else 'undefined'
+    print(f"epicentral MAE: model {m:.2f} km vs constant predictor {b:.2f} km (ratio {ratio})")
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--input', required=True,
+                   help=f'tester output folder (NAME_outputs) holding {RESULTS_NAME}')
+    p.add_argument('--output_dir', default=None,
+                   help='folder for metrics.csv, metrics.md and figures/; if not given, the input folder')
+    p.add_argument('--no_figures', action='store_true', help='skip writing figures/*.png')
+    p.add_argument('--debug', action='store_true', help='show full tracebacks on errors')
+    return p
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        res = reader(args.input, args.output_dir, figures=not args.no_figures)
+    except (FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"reader: error: {exc}", file=sys.stderr)
+        return 2
+    _report(res)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

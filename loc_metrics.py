@@ -1,0 +1,398 @@
+"""Location-error metrics for single-station earthquake location.
+
+Reads the per-trace table written by the tester (``X_test_results.csv``),
+turns it into signed / absolute location errors, summary metrics (MAE, RMSE,
+median, 90th percentile, bias, std), a constant-predictor baseline, and the
+figures usually shown in papers.
+
+All files are written atomically (temporary file in the same folder, then
+``os.replace``) so an interrupted run leaves either the old or the new
+complete file, never a truncated one.
+"""
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+from geographiclib.geodesic import Geodesic
+from sklearn import metrics as skm
+
+QUANTITIES = ('lat_deg', 'lon_deg', 'depth_km', 'epicentral_km', 'hypocentral_km')
+
+REQUIRED_COLUMNS = ('trace_name', 'station_lat', 'station_lon',
+                    'event_lat', 'event_lon', 'depth_km',
+                    'pred_event_lat', 'pred_event_lon', 'pred_depth_km')
+TRUTH_COLUMNS = ('event_lat', 'event_lon', 'depth_km')
+PRED_COLUMNS = ('pred_event_lat', 'pred_event_lon', 'pred_depth_km')
+METRIC_COLUMNS = ('quantity', 'n', 'mae', 'rmse', 'median', 'p90', 'bias', 'std')
+
+
+def read_results(path):
+    """Read a tester results CSV and check its columns.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Path to ``X_test_results.csv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per trace; numeric columns as float, unknown columns kept.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is empty/unparsable, a required column is missing, or a
+        required numeric column holds non-numeric text.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{path}: cannot parse CSV ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
+    for col in REQUIRED_COLUMNS[1:]:
+        # Empty truth columns are read as float NaN; text would be a writer bug.
+        try:
+            df[col] = pd.to_numeric(df[col]).astype(float)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: column {col} is not numeric ({exc})") from exc
+    return df
+
+
+def geodesic_km(lat1, lon1, lat2, lon2):
+    """WGS84 geodesic distance in kilometres, element-wise.
+
+    Parameters
+    ----------
+    lat1, lon1, lat2, lon2 : array_like
+        Coordinates in degrees; broadcast against each other.
+
+    Returns
+    -------
+    numpy.ndarray
+        Distances in km (float); NaN wherever any input is NaN.
+    """
+    a, b, c, d = np.broadcast_arrays(*(np.asarray(x, dtype=float)
+                                       for x in (lat1, lon1, lat2, lon2)))
+    out = np.full(a.shape, np.nan)
+    ok = ~(np.isnan(a) | np.isnan(b) | np.isnan(c) | np.isnan(d))
+    inverse = Geodesic.WGS84.Inverse
+    # geographiclib is scalar-only; the loop is fast enough for test sets
+    # of ~1e5 traces and keeps the reference implementation.
+    out[ok] = [inverse(p, q, r, s, Geodesic.DISTANCE)['s12']
+               for p, q, r, s in zip(a[ok], b[ok], c[ok], d[ok])]
+    return out / 1000.0
+
+
+def _scorable(df):
+    """Rows whose truth is complete (others cannot be scored)."""
+    return df.loc[df[list(TRUTH_COLUMNS)].notna().all(axis=1)]
+
+
+def _errors_from(df, pred_lat, pred_lon, pred_depth):
+    """Error table for predictions aligned with the (scorable) rows of df."""
+    dlat = np.asarray(pred_lat, float) - df['event_lat'].to_numpy(float)
+    # Wrap to [-180, 180) so a dateline crossing is not a 360-degree error.
+    dlon = (np.asarray(pred_lon, float) - df['event_lon'].to_numpy(float) + 180.0) % 360.0 - 180.0
+    ddep = np.asarray(pred_depth, float) - df['depth_km'].to_numpy(float)
+    epi = geodesic_km(df['event_lat'], df['event_lon'], pred_lat, pred_lon)
+    return pd.DataFrame({'lat_deg': dlat, 'lon_deg': dlon, 'depth_km': ddep,
+                         'epicentral_km': epi,
+                         'hypocentral_km': np.hypot(epi, ddep)},
+                        index=df.index, columns=list(QUANTITIES))
+
+
+def location_errors(df):
+    """Per-trace location errors of the model.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``QUANTITIES``, index aligned with ``df``. ``lat_deg``,
+        ``lon_deg`` (wrapped to [-180, 180)) and ``depth_km`` are signed
+        errors (prediction - truth); ``epicentral_km`` is the WGS84 geodesic
+        distance between true and predicted epicentre; ``hypocentral_km`` is
+        ``sqrt(epicentral_km**2 + depth_err**2)``. Rows with any NaN truth
+        are dropped.
+
+    Raises
+    ------
+    ValueError
+        If a scorable row has a NaN prediction (a model/tester failure that
+        must not be hidden by silently dropping it).
+    """
+    sc = _scorable(df)
+    bad = sc[list(PRED_COLUMNS)].isna().any(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} scorable row(s) have NaN predictions "
+                         f"in {', '.join(PRED_COLUMNS)}")
+    return _errors_from(sc, sc['pred_event_lat'], sc['pred_event_lon'], sc['pred_depth_km'])
+
+
+def constant_baseline(df):
+    """Errors of the constant "mean offset" predictor.
+
+    For every scorable trace the prediction is ``station - mean(station -
+    event)`` for latitude and longitude and ``mean(depth)`` for depth, means
+    taken over the scorable rows of ``df``. Because it uses the evaluated
+    set's own means it is an optimistic "knowing nothing" baseline.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same format as :func:`location_errors`.
+    """
+    sc = _scorable(df)
+    off_lat = (sc['station_lat'] - sc['event_lat']).mean()
+    off_lon = (sc['station_lon'] - sc['event_lon']).mean()
+    depth = np.full(len(sc), sc['depth_km'].mean())
+    return _errors_from(sc, sc['station_lat'] - off_lat, sc['station_lon'] - off_lon, depth)
+
+
+def _rmse(zero, err):
+    if hasattr(skm, 'root_mean_squared_error'):  # scikit-learn >= 1.4
+        return skm.root_mean_squared_error(zero, err)
+    return float(np.sqrt(skm.mean_squared_error(zero, err)))
+
+
+def metrics_table(errors):
+    """Summary metrics of an error table.
+
+    Parameters
+    ----------
+    errors : pandas.DataFrame
+        Output of :func:`location_errors` or :func:`constant_baseline`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``quantity, n, mae, rmse, median, p90, bias, std``, one row
+        per quantity in ``QUANTITIES`` order. ``mae``/``rmse``/``median``
+        are scikit-learn metrics of the error against a zero target;
+        ``p90`` is the 90th percentile of |error| (linear interpolation);
+        ``bias`` is the mean signed error and ``std`` the population
+        standard deviation (ddof=0) of the signed error. For the
+        non-negative distances the same definitions apply, so their bias
+        equals their MAE.
+
+    Raises
+    ------
+    ValueError
+        If ``errors`` has no rows.
+    """
+    if len(errors) == 0:
+        raise ValueError("no scorable rows: cannot compute metrics")
+    rows = []
+    for q in QUANTITIES:
+        err = errors[q].to_numpy(float)
+        zero = np.zeros_like(err)
+        rows.append({'quantity': q, 'n': len(err),
+                     'mae': skm.mean_absolute_error(zero, err),
+                     'rmse': _rmse(zero, err),
+                     'median': skm.median_absolute_error(zero, err),
+                     'p90': np.percentile(np.abs(err), 90),
+                     'bias': err.mean(),
+                     'std': err.std(ddof=0)})
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path, writer, mode='w'):
+    """Write via a temp file in the same folder then os.replace (atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode) as fh:
+            writer(fh)
+        # mkstemp creates 0600; give the result the usual umask permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _fmt(v):
+    """4-decimal float without a distracting '-0.0000' for tiny negatives."""
+    s = f"{v:.4f}"
+    return s[1:] if s.startswith('-') and float(s) == 0 else s
+
+
+def _markdown(table):
+    """Markdown pipe table (no tabulate dependency)."""
+    head = '| ' + ' | '.join(table.columns) + ' |'
+    rule = '|' + '|'.join('---:' if c != 'quantity' else ':---' for c in table.columns) + '|'
+    body = []
+    for _, r in table.iterrows():
+        cells = [str(r[c]) if c in ('quantity', 'n') else _fmt(r[c]) for c in table.columns]
+        body.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join([head, rule] + body)
+
+
+def _epicentral_mae(table):
+    return float(table.set_index('quantity').loc['epicentral_km', 'mae'])
+
+
+def write_metrics(table, out_dir, baseline=None):
+    """Write ``metrics.csv`` and ``metrics.md`` into ``out_dir`` atomically.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Model metrics from :func:`metrics_table`.
+    out_dir : str or os.PathLike
+        Destination folder (created if missing). Only ``metrics.csv`` and
+        ``metrics.md`` are replaced; nothing else in it is touched.
+    baseline : pandas.DataFrame, optional
+        Constant-predictor metrics; adds a second Markdown table and the
+        model/baseline ratio of epicentral MAE.
+
+    Returns
+    -------
+    list of str
+        Paths written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, 'metrics.csv')
+    md_path = os.path.join(out_dir, 'metrics.md')
+    _atomic_write(csv_path, lambda fh: table[list(METRIC_COLUMNS)].to_csv(fh, index=False))
+    parts = ['# Location metrics', '',
+             'Errors are prediction - truth; lat/lon in degrees, others in km; '
+             'std uses ddof=0.', '', '## Model', '', _markdown(table), '']
+    if baseline is not None:
+        m, b = _epicentral_mae(table), _epicentral_mae(baseline)
+        parts += ['## Constant predictor (test-set mean offset; optimistic)', '',
+                  _markdown(baseline), '',
+                  f"Epicentral MAE ratio model/baseline: {m / b:.4f} "
+                  f"({m:.3f} km / {b:.3f} km)" if b > 0 else
+                  f"Epicentral MAE: model {m:.3f} km, baseline 0 km (ratio undefined)", '']
+    _atomic_write(md_path, lambda fh: fh.write('\n'.join(parts)))
+    return [csv_path, md_path]
+
+
+def format_table(table):
+    """Fixed-width text rendering of a metrics table for the terminal.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Output of :func:`metrics_table`.
+
+    Returns
+    -------
+    str
+    """
+    return table.to_string(index=False, float_format=_fmt)
+
+
+def _save(fig, path):
+    """Save a figure atomically and close it."""
+    try:
+        _atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight'), mode='wb')
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return path
+
+
+def _scatter(plt, truth, pred, std, label, path):
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if std is not None:
+        ax.errorbar(truth, pred, yerr=std, fmt='none', ecolor='0.7', lw=0.5, zorder=1)
+    ax.scatter(truth, pred, s=4, alpha=0.5, zorder=2)
+    lo = np.nanmin([np.nanmin(truth), np.nanmin(pred)])
+    hi = np.nanmax([np.nanmax(truth), np.nanmax(pred)])
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=1, label='1:1')
+    ax.set_xlabel(f'true {label}')
+    ax.set_ylabel(f'predicted {label}')
+    ax.legend(loc='upper left')
+    return _save(fig, path)
+
+
+def _map(plt, sc, path):
+    from matplotlib.collections import LineCollection
+    fig, ax = plt.subplots(figsize=(7, 7))
+    segs = np.stack([sc[['event_lon', 'event_lat']].to_numpy(float),
+                     sc[['pred_event_lon', 'pred_event_lat']].to_numpy(float)], axis=1)
+    ax.add_collection(LineCollection(segs, colors='0.6', linewidths=0.3, zorder=1))
+    ax.scatter(sc['event_lon'], sc['event_lat'], s=5, c='tab:blue', label='true epicentre', zorder=2)
+    ax.scatter(sc['pred_event_lon'], sc['pred_event_lat'], s=5, c='tab:red',
+               label='predicted epicentre', zorder=3)
+    st = sc[['station_lon', 'station_lat']].drop_duplicates()
+    ax.scatter(st['station_lon'], st['station_lat'], marker='^', s=40, c='k',
+               label='station', zorder=4)
+    # Equal ground distance per degree on both axes at the mean latitude.
+    ax.set_aspect(1.0 / np.cos(np.deg2rad(sc['event_lat'].mean())))
+    ax.autoscale_view()
+    ax.set_xlabel('longitude (deg)')
+    ax.set_ylabel('latitude (deg)')
+    ax.legend(loc='best', fontsize=8)
+    return _save(fig, path)
+
+
+def make_figures(df, errors, fig_dir):
+    """Write the standard evaluation figures as PNG files.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results`.
+    errors : pandas.DataFrame
+        Output of :func:`location_errors` (its index selects the scored rows).
+    fig_dir : str or os.PathLike
+        Destination folder (created if missing).
+
+    Returns
+    -------
+    list of str
+        ``error_hist_<quantity>.png`` for each quantity, ``scatter_lat.png``,
+        ``scatter_lon.png``, ``scatter_depth.png`` and ``map_epicentres.png``.
+    """
+    import matplotlib
+    matplotlib.use('Agg')  # headless: no display on clusters / CI
+    import matplotlib.pyplot as plt
+
+    os.makedirs(fig_dir, exist_ok=True)
+    sc = df.loc[errors.index]
+    paths = []
+    for q in QUANTITIES:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.hist(errors[q].to_numpy(float), bins=50)
+        ax.set_xlabel(f'error {q}')
+        ax.set_ylabel('traces')
+        paths.append(_save(fig, os.path.join(fig_dir, f'error_hist_{q}.png')))
+    for short, col, label in (('lat', 'event_lat', 'latitude (deg)'),
+                              ('lon', 'event_lon', 'longitude (deg)'),
+                              ('depth', 'depth_km', 'depth (km)')):
+        pcol = 'pred_' + col
+        std = sc[pcol + '_std'].to_numpy(float) if pcol + '_std' in sc else None
+        paths.append(_scatter(plt, sc[col].to_numpy(float), sc[pcol].to_numpy(float),
+                              std, label, os.path.join(fig_dir, f'scatter_{short}.png')))
+    paths.append(_map(plt, sc, os.path.join(fig_dir, 'map_epicentres.png')))
+    return paths
