@@ -140,6 +140,25 @@ def normalize(data, mode="std"):
     return (data / scale).astype(np.float32)
 
 
+def bandpass_taper(data, fs=100.0, freqmin=1.0, freqmax=45.0, corners=2,
+                   taper_fraction=0.01, max_taper_s=2.0):
+    """Band-pass and taper as the DataCollected builder did (per channel, axis 0).
+
+    Zero-phase Butterworth band-pass (``corners`` poles, scipy sosfiltfilt),
+    then a cosine (Tukey) taper on each end over ``taper_fraction`` of the
+    trace, at most ``max_taper_s`` seconds.
+    """
+    from scipy.signal import butter, sosfiltfilt
+    from scipy.signal.windows import tukey
+
+    sos = butter(corners, [freqmin, freqmax], btype="bandpass", fs=fs, output="sos")
+    filtered = sosfiltfilt(sos, np.asarray(data, dtype=np.float64), axis=0)
+    n = filtered.shape[0]
+    side = min(taper_fraction * n, max_taper_s * fs)   # samples per end
+    window = tukey(n, alpha=min(2.0 * side / n, 1.0))
+    return (filtered * window[:, None]).astype(np.float32)
+
+
 def shift_event(data, coda_end, rate, rng):
     """With probability ``rate``, circularly shift all channels by n in [1, T - coda_end)."""
     n_samples = data.shape[0]
@@ -799,3 +818,29 @@ def plot_history(history, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mc_dropout(model, enabled=True):
+    """Context for Monte-Carlo sampling with ``model(x, training=True)``.
+
+    Freezes every BatchNormalization layer for the duration: a frozen BN runs
+    in inference mode even when called with training=True, and its moving
+    statistics are not updated, while Dropout/StochasticDepth stay active.
+    Restores the trainable flags on exit.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def _ctx():
+        bns = [l for l in model._flatten_layers() if isinstance(l, layers.BatchNormalization)]
+        flags = [l.trainable for l in bns]
+        try:
+            if enabled:
+                for layer in bns:
+                    layer.trainable = False
+            yield model
+        finally:
+            for layer, flag in zip(bns, flags):
+                layer.trainable = flag
+
+    return _ctx()

@@ -1,0 +1,252 @@
+"""DataGenerator, normalisation, augmentations, labels, schedule, location model."""
+
+import math
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import PARITY, need, rng
+
+import EqT_utils_Loc_California as U
+
+HIGH_SNR = np.array([30.0, 30.0, 30.0])
+LOW_SNR = np.array([30.0, 8.0, 30.0])
+
+
+def _wave(seed=0, n=6000):
+    r = rng(seed)
+    return (r.standard_normal((n, 3)) * [1.0, 2.0, 3.0] + [5.0, -1.0, 0.5]).astype(np.float32)
+
+
+# ----------------------------------------------------------------- normalisation
+def test_std_normalisation_per_channel():
+    x = U.normalize(_wave())
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-5)
+
+
+def test_zero_and_constant_channels_become_zero_not_nan():
+    w = _wave()
+    w[:, 0] = 0.0
+    w[:, 2] = 7.5
+    x = U.normalize(w)
+    assert np.isfinite(x).all()
+    assert (x[:, 0] == 0).all() and (x[:, 2] == 0).all()
+    np.testing.assert_allclose(x[:, 1].std(), 1.0, atol=1e-5)
+
+
+def test_batch_normalisation_equals_per_trace_and_max_mode():
+    batch = np.stack([_wave(1), _wave(2)])
+    np.testing.assert_array_equal(U.normalize(batch)[1], U.normalize(batch[1]))
+    np.testing.assert_allclose(U.normalize(batch[0], "max").max(axis=0), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalization mode"):
+        U.normalize(batch, "l2")
+
+
+def test_normalisation_reproduces_upstream_inputs():
+    ref = np.load(need(PARITY / "location_ref.npz"))
+    with h5py.File(need(PARITY / "collected_50.hdf5"), "r") as fh:
+        raw = np.stack([fh[t]["data"][()] for t in ref["trace_name"]])
+    np.testing.assert_allclose(U.normalize(raw), ref["x"], atol=1e-6)
+
+
+# ----------------------------------------------------------------- augmentations
+def test_shift_is_circular_within_coda_limit():
+    w = _wave()
+    for seed in range(5):
+        out = U.shift_event(w, coda_end=4000, rate=1.0, rng=rng(seed))
+        n = next(k for k in range(1, 6000) if np.array_equal(np.roll(w, k, axis=0), out))
+        assert 1 <= n < 2000
+    assert U.shift_event(w, 4000, rate=0.0, rng=rng()) is w
+    assert U.shift_event(w, math.nan, rate=1.0, rng=rng()) is w
+
+
+def test_noise_only_when_every_snr_at_least_10db():
+    w = _wave()
+    assert U.add_noise(w, LOW_SNR, 1.0, rng()) is w
+    noisy = U.add_noise(w, HIGH_SNR, 1.0, rng())
+    diff = noisy - w
+    peak = np.abs(w).max(axis=0)
+    assert (diff.std(axis=0) >= 0.009 * peak).all() and (diff.std(axis=0) <= 0.16 * peak).all()
+
+
+def test_drop_channel_zeroes_and_rescales():
+    w = _wave()
+    assert U.drop_channel(w, LOW_SNR, 1.0, rng()) is w
+    seen_drop = False
+    for seed in range(20):
+        out = U.drop_channel(w, HIGH_SNR, 1.0, rng(seed))
+        live = np.abs(out).max(axis=0) > 0
+        assert live.any()
+        if not live.all():
+            seen_drop = True
+            k = live.sum()
+            np.testing.assert_allclose(out[:, live], w[:, live] * 3 / k, rtol=1e-6)
+    assert seen_drop
+
+
+def test_scale_amplitude_preemphasis_gaps_add_event():
+    w = _wave()
+    ratios = {round(float((U.scale_amplitude(w, 0.5, rng(s)) / w)[0, 0]), 6) for s in range(20)}
+    assert all(1 / 3 <= r <= 3 for r in ratios) and len(ratios) > 2
+    pe = U.pre_emphasis(w)
+    np.testing.assert_allclose(pe[1:], w[1:] - 0.97 * w[:-1], rtol=1e-6)
+    gapped = U.add_gaps(w, 1.0, rng(1))
+    zero_rows = (gapped == 0).all(axis=1)
+    assert zero_rows.sum() == np.diff(np.flatnonzero(np.diff(np.r_[0, zero_rows, 0]))).max()
+    added = U.add_event(w, 500, 900, 2000, HIGH_SNR, 1.0, rng(2))
+    assert np.array_equal(added[:2000], w[:2000]) and not np.array_equal(added, w)
+    assert U.add_event(w, 500, 900, 2000, LOW_SNR, 1.0, rng(2)) is w
+
+
+# ----------------------------------------------------------------- labels
+def test_labels_match_upstream_and_invert():
+    ref = np.load(need(PARITY / "location_ref.npz"))
+    with h5py.File(need(PARITY / "collected_50.hdf5"), "r") as fh:
+        y = np.stack([U.location_label(fh[t].attrs, t) for t in ref["trace_name"]])
+        st_lat = np.array([fh[t].attrs["station_lat"] for t in ref["trace_name"]])
+        st_lon = np.array([fh[t].attrs["station_long"] for t in ref["trace_name"]])
+        depth = np.array([fh[t].attrs["depth"] for t in ref["trace_name"]], float)
+    np.testing.assert_allclose(y, ref["y"], atol=1e-6)
+    lat, lon, dep = U.prediction_to_location(st_lat, st_lon, y)
+    np.testing.assert_allclose(dep, np.maximum(depth, 0), atol=1e-4)
+    assert U.depth_to_label(-3.0) == U.depth_to_label(0.0)
+
+
+def test_label_errors_name_the_trace():
+    attrs = {"station_lat": 34.0, "station_long": -118.0, "event_lat": "None",
+             "event_long": -117.0, "depth": 5.0}
+    with pytest.raises(U.TraceError, match="TR.X_1.*event_lat"):
+        U.location_label(attrs, "TR.X_1")
+    assert math.isnan(U.attr_float({"depth": "None"}, "depth"))
+    assert U.attr_float({"coda": np.array([[42.0]])}, "coda") == 42.0
+    np.testing.assert_allclose(U.attr_snr({"snr_db": "[56.8 55.4 47.4]"}), [56.8, 55.4, 47.4])
+
+
+# ----------------------------------------------------------------- generator
+def _gen(synthetic, **kw):
+    ids = np.load(synthetic["train"])
+    return U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0, **kw), ids
+
+
+def test_generator_without_augmentation(synthetic):
+    gen, ids = _gen(synthetic, shuffle=False)
+    assert len(gen) == len(ids) // 8
+    x, y = gen[0]
+    assert x.shape == (8, 6000, 3) and y.shape == (8, 3)
+    assert len(set(gen.batch_ids(0))) == 8
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        for i, t in enumerate(ids[:8]):
+            np.testing.assert_array_equal(x[i], U.normalize(fh[t]["data"][()]))
+            np.testing.assert_allclose(y[i], U.location_label(fh[t].attrs, t))
+    assert (0 <= y[:, 2]).all() and (y[:, 2] <= 1).all()
+
+
+def test_half_batch_augmentation_semantics(synthetic):
+    gen, ids = _gen(synthetic, augmentation=True, add_noise_r=1.0, drop_channe_r=1.0)
+    assert len(gen) == 2 * (len(ids) // 8)
+    batch = gen.batch_ids(0)
+    np.testing.assert_array_equal(batch[:4], batch[4:])
+    x, y = gen[0]
+    np.testing.assert_array_equal(y[:4], y[4:])
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        clean = np.stack([U.normalize(fh[t]["data"][()]) for t in batch[:4]])
+    # no shift rate: the first copy is only normalised, the second gets the chain
+    np.testing.assert_array_equal(x[:4], clean)
+    assert not np.allclose(x[4:], clean)
+    np.testing.assert_allclose(x.std(axis=1)[np.abs(x).max(axis=1) > 0], 1.0, atol=1e-4)
+
+
+def test_first_copy_is_only_shifted(synthetic):
+    gen, _ = _gen(synthetic, augmentation=True, shift_event_r=1.0, add_noise_r=1.0)
+    x, _ = gen[0]
+    ids = gen.batch_ids(0)
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        for i in range(4):
+            clean = U.normalize(fh[ids[i]]["data"][()])
+            assert any(np.allclose(np.roll(clean, k, axis=0), x[i], atol=1e-5)
+                       for k in range(0, 6000))
+
+
+def test_noise_trace_in_split_is_an_error_naming_it(synthetic):
+    ids = np.concatenate([np.load(synthetic["train"])[:7], synthetic["noise_ids"][:1]])
+    gen = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, shuffle=False)
+    with pytest.raises(U.TraceError, match=synthetic["noise_ids"][0]):
+        gen[0]
+    with pytest.raises(U.TraceError, match=synthetic["noise_ids"][0]):
+        U.check_split(synthetic["hdf5"], ids, "train")
+    meta = U.check_split(synthetic["hdf5"], ids, "test", require_labels=False)
+    assert meta["event_lat"].isna().sum() == 1
+
+
+def test_generator_rejects_small_splits_and_unknown_ids(synthetic):
+    ids = np.load(synthetic["train"])
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        U.DataGenerator(ids[:3], synthetic["hdf5"], batch_size=8)
+    with pytest.raises(U.TraceError, match="NOT_A_TRACE"):
+        U.read_metadata(synthetic["hdf5"], list(ids[:2]) + ["NOT_A_TRACE"])
+
+
+def test_prediction_generator_keeps_every_trace_in_order(synthetic):
+    ids = np.load(synthetic["test"])[:11]
+    gen = U.DataGeneratorPrediction(ids, synthetic["hdf5"], batch_size=4)
+    assert len(gen) == 3
+    assert sum(len(gen[i][0]) for i in range(len(gen))) == 11
+
+
+# ----------------------------------------------------------------- learning rate
+def test_lr_schedule_upstream_values():
+    assert U._lr_schedule(0) == 1e-4 and U._lr_schedule(20) == 1e-4
+    assert math.isclose(U._lr_schedule(21), 1e-5)
+    assert math.isclose(U._lr_schedule(41), 1e-6)
+    assert math.isclose(U._lr_schedule(61), 1e-7)
+    assert math.isclose(U._lr_schedule(91), 5e-8)
+    assert math.isclose(U._lr_schedule(5, base_lr=1e-3), 1e-3)
+
+
+def test_plateau_reductions_survive_the_schedule():
+    cb = U.ScheduleWithPlateau(1e-4, patience=2, verbose=0)
+    for epoch, loss in enumerate([1.0, 1.1, 1.2, 1.3, 1.4]):
+        cb.on_epoch_end(epoch, {"val_loss": loss})
+    assert math.isclose(cb.scale, math.sqrt(0.1))
+    assert math.isclose(cb.lr_for(5), 1e-4 * math.sqrt(0.1))
+    assert math.isclose(cb.lr_for(25), 1e-5 * math.sqrt(0.1))
+    cb.scale = 1e-9
+    assert cb.lr_for(0) == cb.min_lr
+
+
+# ----------------------------------------------------------------- model
+def test_published_location_model_size():
+    model = U.build_location_model()
+    assert model.count_params() == 4_079_659
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("output_layer").dtype_policy.compute_dtype == "float32"
+    assert U.infer_head_from_legacy_h5(need(PARITY / "location_ckpt_keras2.h5")) == {
+        "convmixer_filters": 512, "convmixer_depth": 10, "convmixer_kernel": 13,
+        "convmixer_patch": 10}
+
+
+def test_location_weights_of_another_head_are_refused(tmp_path):
+    small = U.build_location_model(convmixer_filters=16, convmixer_depth=2)
+    path = tmp_path / "small.weights.h5"
+    small.save_weights(path)
+    other = U.build_location_model(convmixer_filters=32, convmixer_depth=2)
+    with pytest.raises(Exception, match="small.weights.h5"):
+        U.load_location_weights(other, path)
+
+
+def test_mc_dropout_leaves_batchnorm_statistics_alone():
+    model = U.build_location_model(convmixer_filters=16, convmixer_depth=2)
+    x = rng(1).standard_normal((4, 6000, 3)).astype(np.float32)
+    bn = [w for w in model.non_trainable_weights]
+    before = [np.asarray(w).copy() for w in bn]
+    with U.mc_dropout(model):
+        a = np.asarray(model(x, training=True))
+        b = np.asarray(model(x, training=True))
+    assert not np.allclose(a, b)
+    for w, old in zip(bn, before):
+        np.testing.assert_array_equal(np.asarray(w), old)
+    assert all(l.trainable for l in model.layers)
+    keras.backend.clear_session()
