@@ -631,6 +631,19 @@ def is_legacy_h5(path):
         return "layer_names" in root.attrs
 
 
+def _keras3_weight_shapes(path):
+    """Shapes of every array in a Keras 3 ``.weights.h5`` file."""
+    shapes = []
+
+    def visit(_, obj):
+        if isinstance(obj, h5py.Dataset):
+            shapes.append(tuple(obj.shape))
+
+    with h5py.File(path, "r") as fh:
+        fh.visititems(visit)
+    return shapes
+
+
 def load_location_weights(model, path):
     """Load a location checkpoint: trainer1's Keras 3 ``.weights.h5`` or an
     upstream Keras 2 ``.h5``. Fails with a message naming the file when it
@@ -644,9 +657,21 @@ def load_location_weights(model, path):
         raise ub.WeightsFileError(f"{path}: not a readable HDF5 weights file ({err})") from None
     if legacy:
         return ub.load_legacy_h5_weights(model, path)
+    saved = sorted(_keras3_weight_shapes(path))
+    wanted = sorted(tuple(w.shape) for w in model.weights)
+    if saved != wanted:
+        raise ub.WeightsFileError(
+            f"{path}: holds {len(saved)} arrays that do not match the {len(wanted)} weights of "
+            "this location model (another ConvMixer size? pass --convmixer_filters/--convmixer_depth "
+            "or keep model_config.json beside the checkpoint)")
+    import warnings
+
     try:
-        model.load_weights(path)
-    except (ValueError, KeyError) as err:
+        with warnings.catch_warnings():
+            # Keras only warns when it skips part of a file: treat that as a mismatch.
+            warnings.simplefilter("error")
+            model.load_weights(path)
+    except (ValueError, KeyError, UserWarning) as err:
         raise ub.WeightsFileError(f"{path}: does not fit the location model ({err})") from None
     return {"path": path, "sha256": ub.sha256_of(path), "official": False,
             "n_layers": len([l for l in model.layers if l.weights])}

@@ -307,6 +307,15 @@ def load_legacy_h5_weights(model, path):
             "n_layers": len(model_layers)}
 
 
+def weights_provenance(path):
+    """One line saying whether ``path`` is the official foundation release (by sha256)."""
+    if path is None:
+        return "none (random initialisation)"
+    digest = sha256_of(path)
+    kind = "official U-Trans release" if digest == OFFICIAL_SHA256 else "NOT the official release"
+    return f"{path} ({kind}, sha256 {digest})"
+
+
 def resolve_foundation_weights(value=None):
     """Where the foundation weights come from.
 

@@ -184,7 +184,7 @@ def trainer1(input_hdf5=None,
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
     ]
     print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
-          f"{model.count_params():,} parameters, foundation weights: {weights or 'none (random)'}")
+          f"{model.count_params():,} parameters, foundation weights: {ub.weights_provenance(weights)}")
     history = model.fit(training_generator, validation_data=validation_generator,
                         epochs=epochs, callbacks=callbacks, verbose=verbose)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
@@ -210,7 +210,7 @@ PARAMETERS = trainer1.__code__.co_varnames[:trainer1.__code__.co_argcount]
 def locals_report(scope, n_train, n_valid, model, weights, result):
     """The X_report.txt content: every parameter, data sizes, outcome."""
     lines = [(name, scope[name]) for name in PARAMETERS]
-    lines += [("foundation_weights_used", weights or "none (random initialisation)"),
+    lines += [("foundation_weights_used", ub.weights_provenance(weights)),
               ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
               ("n_train_traces", n_train), ("n_valid_traces", n_valid),
               ("n_parameters", model.count_params()),

@@ -204,11 +204,9 @@ def predict_samples(model, generator, n_samples=1, progress=True):
 def results_table(meta, pred, max_d, min_d):
     """One row per trace: metadata, truth and predicted location (and std with sampling)."""
     samples = pred if pred.ndim == 3 else pred[None]
-    lat, lon, depth = U.prediction_to_location(meta["station_lat"].to_numpy()[None],
-                                               meta["station_lon"].to_numpy()[None],
-                                               samples.reshape(-1, 3), max_d, min_d)
-    shape = samples.shape[:2]
-    lat, lon, depth = (v.reshape(shape) for v in (lat, lon, depth))
+    lat, lon, depth = np.stack([
+        U.prediction_to_location(meta["station_lat"].to_numpy(), meta["station_lon"].to_numpy(),
+                                 sample, max_d, min_d) for sample in samples], axis=1)
     out = meta[["trace_name", "station_lat", "station_lon", "event_lat", "event_lon",
                 "depth_km"]].copy()
     out["pred_event_lat"] = lat.mean(axis=0)

@@ -13,7 +13,8 @@ for sub in ("", "00_data", "01_train", "02_test", "03_read"):
     sys.path.insert(0, str(ROOT / sub))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+# UTRANS_FIXTURES lets a run point elsewhere (or nowhere, to check the skips).
+FIXTURES = Path(os.environ.get("UTRANS_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 FOUNDATION_H5 = FIXTURES / "utrans" / "UTrans_Foundation.h5"
 STEAD_SAMPLE = FIXTURES / "stead_sample" / "waveforms.hdf5"
 PARITY = FIXTURES / "upstream_parity"

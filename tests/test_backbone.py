@@ -32,7 +32,8 @@ def test_structure_latent_and_decoder_stream():
 
 def test_every_weight_equals_the_file(foundation):
     info = ub.load_legacy_h5_weights(foundation, need(FOUNDATION_H5))
-    assert info["official"] and info["n_layers"] == 57
+    assert info["official"] and info["n_layers"] == 51
+    assert "official U-Trans release" in ub.weights_provenance(str(FOUNDATION_H5))
     with h5py.File(FOUNDATION_H5, "r") as fh:
         names = [n.decode() if isinstance(n, bytes) else n for n in fh.attrs["layer_names"]]
         with_weights = [n for n in names if len(fh[n].attrs["weight_names"])]
@@ -41,7 +42,7 @@ def test_every_weight_equals_the_file(foundation):
         for layer, name in zip(layers, with_weights):
             group = fh[name]
             for var, wname in zip(layer.weights, group.attrs["weight_names"]):
-                np.testing.assert_array_equal(np.asarray(var), group[wname][()])
+                np.testing.assert_array_equal(var.numpy(), group[wname][()])
 
 
 def test_parity_with_upstream_foundation(foundation):
@@ -101,11 +102,12 @@ def test_shape_mismatch_names_the_layer_and_loads_nothing(tmp_path):
         del dst["conv1d_3/conv1d_3/bias:0"]
         dst["conv1d_3/conv1d_3/bias:0"] = np.zeros(11, np.float32)
     model = ub.build_foundation()
-    before = [np.asarray(w).copy() for w in model.weights]
+    before = [w.numpy().copy() for w in model.weights]
     with pytest.raises(ub.WeightsFileError, match="conv1d_3"):
         ub.load_legacy_h5_weights(model, bad)
+    assert "NOT the official release" in ub.weights_provenance(str(bad))
     for b, w in zip(before, model.weights):
-        np.testing.assert_array_equal(b, np.asarray(w))
+        np.testing.assert_array_equal(b, w.numpy())
 
 
 def test_weights_path_precedence(tmp_path, monkeypatch):

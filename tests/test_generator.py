@@ -207,11 +207,18 @@ def test_lr_schedule_upstream_values():
 
 
 def test_plateau_reductions_survive_the_schedule():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1.0), loss="mse")
     cb = U.ScheduleWithPlateau(1e-4, patience=2, verbose=0)
-    for epoch, loss in enumerate([1.0, 1.1, 1.2, 1.3, 1.4]):
-        cb.on_epoch_end(epoch, {"val_loss": loss})
+    cb.set_model(model)
+    for epoch, loss in enumerate([1.0, 1.1, 1.2, 1.3]):  # one reduction, after 2 bad epochs
+        cb.on_epoch_begin(epoch)
+        used, logs = cb.lr_for(epoch), {"val_loss": loss}
+        cb.on_epoch_end(epoch, logs)
+        assert math.isclose(logs["learning_rate"], used, rel_tol=1e-6)
     assert math.isclose(cb.scale, math.sqrt(0.1))
-    assert math.isclose(cb.lr_for(5), 1e-4 * math.sqrt(0.1))
+    cb.on_epoch_begin(5)
+    assert math.isclose(float(model.optimizer.learning_rate), 1e-4 * math.sqrt(0.1), rel_tol=1e-6)
     assert math.isclose(cb.lr_for(25), 1e-5 * math.sqrt(0.1))
     cb.scale = 1e-9
     assert cb.lr_for(0) == cb.min_lr
@@ -241,12 +248,12 @@ def test_mc_dropout_leaves_batchnorm_statistics_alone():
     model = U.build_location_model(convmixer_filters=16, convmixer_depth=2)
     x = rng(1).standard_normal((4, 6000, 3)).astype(np.float32)
     bn = [w for w in model.non_trainable_weights]
-    before = [np.asarray(w).copy() for w in bn]
+    before = [w.numpy().copy() for w in bn]
     with U.mc_dropout(model):
         a = np.asarray(model(x, training=True))
         b = np.asarray(model(x, training=True))
     assert not np.allclose(a, b)
     for w, old in zip(bn, before):
-        np.testing.assert_array_equal(np.asarray(w), old)
+        np.testing.assert_array_equal(w.numpy(), old)
     assert all(l.trainable for l in model.layers)
     keras.backend.clear_session()

@@ -49,7 +49,8 @@ def test_trainer_outputs(trained):
     assert os.path.getsize(os.path.join(out, "tiny_loss.png")) > 1000
     report = open(os.path.join(out, "X_report.txt")).read()
     for key in ("input_hdf5:", "batch_size: 8", "n_train_traces:", "best_epoch:",
-                "time_taken_s:", "convmixer_filters: 16"):
+                "time_taken_s:", "convmixer_filters: 16",
+                "foundation_weights_used: none (random initialisation)"):
         assert key in report
 
 
