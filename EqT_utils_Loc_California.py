@@ -632,7 +632,8 @@ def is_legacy_h5(path):
 
 
 def _keras3_weight_shapes(path):
-    """Shapes of every array in a Keras 3 ``.weights.h5`` file."""
+    """Shapes of the model arrays in a Keras 3 ``.weights.h5`` file (a checkpoint
+    of a compiled model also holds the optimizer state, which is not compared)."""
     shapes = []
 
     def visit(_, obj):
@@ -640,7 +641,9 @@ def _keras3_weight_shapes(path):
             shapes.append(tuple(obj.shape))
 
     with h5py.File(path, "r") as fh:
-        fh.visititems(visit)
+        for key in ("layers", "vars"):
+            if key in fh:
+                fh[key].visititems(visit)
     return shapes
 
 
