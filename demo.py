@@ -1,7 +1,7 @@
 """Quick-start demo: synthetic California set -> trainer1 -> tester1 -> reader.
 
 Runs the four stage scripts exactly as a user would, in ``./demo_run/``, and
-prints the metrics table last. On a 2-core CPU it takes about 12 minutes.
+prints the metrics table last. On a 2-core CPU it takes about 11 minutes.
 
 The demo trains a REDUCED ConvMixer head (64 filters, depth 4, ~1.3 M
 parameters) at learning rate 1e-3: the published head (512 filters, depth 10,
@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--workdir", default="demo_run", help="folder for every demo file")
     p.add_argument("--n_traces", type=int, default=3000, help="synthetic earthquake traces")
     p.add_argument("--n_stations", type=int, default=6, help="synthetic stations")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size")
     p.add_argument("--convmixer_filters", type=int, default=64, help="reduced head width")
     p.add_argument("--convmixer_depth", type=int, default=4, help="reduced head depth")

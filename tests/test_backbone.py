@@ -148,17 +148,25 @@ m = ub.build_foundation(weights={weights!r})
 ref = np.load({ref!r})
 lat = np.asarray(ub.latent_model(m).predict(ref["x"], verbose=0))
 rec = np.asarray(m.predict(ref["x"], verbose=0))
-print(float(np.abs(lat - ref["latent"]).max()), float(np.abs(rec - ref["reconstruction"]).max()))
+import EqT_utils_Loc_California as U
+loc = U.build_location_model()
+U.load_location_weights(loc, {ckpt!r})
+lref = np.load({lref!r})
+pred = np.asarray(loc.predict(lref["x"], verbose=0))
+print(float(np.abs(lat - ref["latent"]).max()), float(np.abs(rec - ref["reconstruction"]).max()),
+      float(np.abs(pred - lref["prediction"]).max()))
 """
 
 
-def test_official_weights_under_jax_backend():
+def test_official_weights_and_location_checkpoint_under_jax_backend():
     pytest.importorskip("jax", reason="the JAX backend is not installed")
     script = JAX_SCRIPT.format(root=str(ROOT), weights=need(FOUNDATION_H5),
-                               ref=need(PARITY / "foundation_ref.npz"))
+                               ref=need(PARITY / "foundation_ref.npz"),
+                               ckpt=need(PARITY / "location_ckpt_keras2.h5"),
+                               lref=need(PARITY / "location_ref.npz"))
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    lat_err, rec_err = map(float, out.stdout.split()[-2:])
-    assert lat_err < 1e-4 and rec_err < 1e-4
+    lat_err, rec_err, loc_err = map(float, out.stdout.split()[-3:])
+    assert lat_err < 1e-4 and rec_err < 1e-4 and loc_err < 1e-5
