@@ -25,6 +25,21 @@ REQUIRED_COLUMNS = ('trace_name', 'station_lat', 'station_lon',
 TRUTH_COLUMNS = ('event_lat', 'event_lon', 'depth_km')
 PRED_COLUMNS = ('pred_event_lat', 'pred_event_lon', 'pred_depth_km')
 METRIC_COLUMNS = ('quantity', 'n', 'mae', 'rmse', 'median', 'p90', 'bias', 'std')
+# Predicted (Monte-Carlo) standard deviation of each error quantity.
+STD_COLUMNS = {'lat_deg': 'pred_event_lat_std', 'lon_deg': 'pred_event_lon_std',
+               'depth_km': 'pred_depth_km_std', 'epicentral_km': 'pred_epicentre_std_km'}
+COVERAGE_COLUMNS = ('quantity', 'n', 'mean_std', 'median_std', 'expected_1sigma',
+                    'coverage_1sigma', 'expected_2sigma', 'coverage_2sigma',
+                    'spearman_std_abs_error')
+# Bin edges of the breakdowns (left-closed); a bin with no trace is left out.
+BREAKDOWN_BINS = {
+    'epicentral_distance_km': (0, 20, 40, 60, 80, 110, 150, np.inf),
+    'true_depth_km': (-np.inf, 5, 10, 15, 20, 30, np.inf),
+    'magnitude': (-np.inf, 1, 2, 3, 4, np.inf),
+    'snr_db': (-np.inf, 10, 20, 30, 40, np.inf),
+}
+BREAKDOWN_COLUMNS = ('attribute', 'bin', 'n', 'epicentral_mae_km', 'epicentral_median_km',
+                     'depth_mae_km', 'baseline_epicentral_mae_km', 'ratio_to_baseline')
 
 
 def read_results(path):
@@ -90,6 +105,38 @@ def geodesic_km(lat1, lon1, lat2, lon2):
     out[ok] = [inverse(p, q, r, s, Geodesic.DISTANCE)['s12']
                for p, q, r, s in zip(a[ok], b[ok], c[ok], d[ok])]
     return out / 1000.0
+
+
+def sample_spread_km(lat_samples, lon_samples):
+    """Spread of Monte-Carlo epicentre samples, in km on the WGS84 ellipsoid.
+
+    Parameters
+    ----------
+    lat_samples, lon_samples : array_like, shape (n_samples, n_traces)
+        Sampled epicentres in degrees.
+
+    Returns
+    -------
+    std_north_km, std_east_km, epicentre_std_km : numpy.ndarray, shape (n_traces,)
+        Standard deviations (ddof=0) of the north and east offsets of each
+        sample from the trace's mean epicentre (geodesic distance and
+        azimuth), and ``sqrt(std_north**2 + std_east**2)``: the RMS radial
+        scatter of the epicentre.
+    """
+    lat = np.asarray(lat_samples, float)
+    lon = np.asarray(lon_samples, float)
+    mean_lat, mean_lon = lat.mean(axis=0), lon.mean(axis=0)
+    inverse = Geodesic.WGS84.Inverse
+    north = np.empty_like(lat)
+    east = np.empty_like(lat)
+    for i, j in np.ndindex(lat.shape):
+        g = inverse(mean_lat[j], mean_lon[j], lat[i, j], lon[i, j],
+                    Geodesic.DISTANCE | Geodesic.AZIMUTH)
+        azimuth = np.deg2rad(g['azi1'])
+        north[i, j] = g['s12'] * np.cos(azimuth) / 1000.0
+        east[i, j] = g['s12'] * np.sin(azimuth) / 1000.0
+    std_n, std_e = north.std(axis=0), east.std(axis=0)
+    return std_n, std_e, np.hypot(std_n, std_e)
 
 
 def _scorable(df):
@@ -214,6 +261,145 @@ def metrics_table(errors):
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
 
+def expected_coverage(quantity, k):
+    """Fraction inside k sigma for a calibrated Gaussian error.
+
+    1-D quantities: erf(k / sqrt 2) (0.683, 0.954). ``epicentral_km`` is a
+    radius in 2-D: with ``sigma`` the RMS radial scatter of an isotropic
+    Gaussian, P(r <= k sigma) = 1 - exp(-k**2) (0.632, 0.982).
+    """
+    from scipy.special import erf
+
+    k = np.asarray(k, float)
+    return 1.0 - np.exp(-k ** 2) if quantity == 'epicentral_km' else erf(k / np.sqrt(2.0))
+
+
+def _k_for_level(quantity, level):
+    """Inverse of :func:`expected_coverage`: the k whose expected coverage is ``level``."""
+    from scipy.special import erfinv
+
+    level = np.asarray(level, float)
+    return np.sqrt(-np.log1p(-level)) if quantity == 'epicentral_km' else np.sqrt(2.0) * erfinv(level)
+
+
+def _uncertainty_pairs(df, errors):
+    """(quantity, predicted std, |error|) for every quantity with a std column."""
+    sc = df.loc[errors.index]
+    for q, col in STD_COLUMNS.items():
+        if col in sc.columns:
+            yield q, sc[col].to_numpy(float), np.abs(errors[q].to_numpy(float))
+
+
+def coverage_table(df, errors):
+    """Calibration of the predicted standard deviations.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results` with ``pred_*_std`` columns.
+    errors : pandas.DataFrame
+        Output of :func:`location_errors`.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Columns ``COVERAGE_COLUMNS``: per quantity the fraction of traces
+        whose truth lies within 1 and 2 predicted sigma (next to the
+        fraction a calibrated Gaussian gives, see :func:`expected_coverage`)
+        and the Spearman rank correlation between predicted std and actual
+        |error| (does a larger error bar mean a larger error?). None without
+        std columns.
+    """
+    from scipy.stats import spearmanr
+
+    rows = []
+    for q, sigma, abs_err in _uncertainty_pairs(df, errors):
+        # A rank correlation is undefined for constant input (e.g. zero errors).
+        varied = len(sigma) > 2 and np.ptp(sigma) > 0 and np.ptp(abs_err) > 0
+        rho = spearmanr(sigma, abs_err).statistic if varied else np.nan
+        rows.append({'quantity': q, 'n': len(sigma), 'mean_std': sigma.mean(),
+                     'median_std': np.median(sigma),
+                     'expected_1sigma': float(expected_coverage(q, 1)),
+                     'coverage_1sigma': float(np.mean(abs_err <= sigma)),
+                     'expected_2sigma': float(expected_coverage(q, 2)),
+                     'coverage_2sigma': float(np.mean(abs_err <= 2 * sigma)),
+                     'spearman_std_abs_error': float(rho)})
+    return pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS)) if rows else None
+
+
+def reliability_curve(df, errors, levels=np.linspace(0.05, 0.95, 19)):
+    """Expected vs observed coverage of central intervals, per quantity.
+
+    For each nominal level the interval half-width is k(level) x predicted
+    std (Gaussian; 2-D radial for the epicentre); the observed value is the
+    fraction of traces whose |error| falls inside. A calibrated model lies on
+    the diagonal; below it the error bars are too small (over-confident).
+    """
+    rows = []
+    for q, sigma, abs_err in _uncertainty_pairs(df, errors):
+        for level in levels:
+            k = _k_for_level(q, level)
+            rows.append({'quantity': q, 'expected': float(level),
+                         'observed': float(np.mean(abs_err <= k * sigma))})
+    return pd.DataFrame(rows, columns=['quantity', 'expected', 'observed'])
+
+
+def uncertainty_summary(df):
+    """Predicted-uncertainty statistics over all rows (also unlabeled ones)."""
+    rows = [{'column': col, 'n': int(df[col].notna().sum()), 'mean': df[col].mean(),
+             'median': df[col].median(), 'p90': df[col].quantile(0.9)}
+            for col in STD_COLUMNS.values() if col in df.columns]
+    return pd.DataFrame(rows, columns=['column', 'n', 'mean', 'median', 'p90']) if rows else None
+
+
+def _breakdown_values(sc):
+    """The attributes the breakdowns use, for the scored rows, where present."""
+    values = {'epicentral_distance_km': geodesic_km(sc['station_lat'], sc['station_lon'],
+                                                    sc['event_lat'], sc['event_lon']),
+              'true_depth_km': sc['depth_km'].to_numpy(float)}
+    for column in ('magnitude', 'snr_db'):
+        if column in sc.columns and pd.to_numeric(sc[column], errors='coerce').notna().any():
+            values[column] = pd.to_numeric(sc[column], errors='coerce').to_numpy(float)
+    return values
+
+
+def breakdown_table(df, errors, baseline_errors):
+    """Errors per bin of true epicentral distance, depth, magnitude and SNR.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results` (``magnitude`` and ``snr_db`` are used
+        when present).
+    errors, baseline_errors : pandas.DataFrame
+        Model errors and constant-predictor errors (:func:`constant_baseline`,
+        same rows), so each bin shows how far the model is from knowing nothing.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``BREAKDOWN_COLUMNS``; bins are left-closed intervals; empty
+        bins and traces with a missing attribute are left out.
+    """
+    sc = df.loc[errors.index]
+    rows = []
+    for attribute, values in _breakdown_values(sc).items():
+        bins = pd.cut(values, BREAKDOWN_BINS[attribute], right=False)
+        for interval in bins.categories:
+            inside = np.asarray(bins == interval)
+            if not inside.any():
+                continue
+            epi = errors['epicentral_km'].to_numpy(float)[inside]
+            base = baseline_errors['epicentral_km'].to_numpy(float)[inside].mean()
+            rows.append({'attribute': attribute, 'bin': str(interval), 'n': int(inside.sum()),
+                         'epicentral_mae_km': epi.mean(),
+                         'epicentral_median_km': np.median(epi),
+                         'depth_mae_km': np.abs(errors['depth_km'].to_numpy(float)[inside]).mean(),
+                         'baseline_epicentral_mae_km': base,
+                         'ratio_to_baseline': epi.mean() / base if base > 0 else np.nan})
+    return pd.DataFrame(rows, columns=list(BREAKDOWN_COLUMNS))
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -247,10 +433,11 @@ def _fmt(v):
 def _markdown(table):
     """Markdown pipe table (no tabulate dependency)."""
     head = '| ' + ' | '.join(table.columns) + ' |'
-    rule = '|' + '|'.join('---:' if c != 'quantity' else ':---' for c in table.columns) + '|'
+    text = [c for c in table.columns if not pd.api.types.is_float_dtype(table[c])]
+    rule = '|' + '|'.join(':---' if c in text else '---:' for c in table.columns) + '|'
     body = []
     for _, r in table.iterrows():
-        cells = [str(r[c]) if c in ('quantity', 'n') else _fmt(r[c]) for c in table.columns]
+        cells = [str(r[c]) if c in text else _fmt(r[c]) for c in table.columns]
         body.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join([head, rule] + body)
 
@@ -259,19 +446,33 @@ def _epicentral_mae(table):
     return float(table.set_index('quantity').loc['epicentral_km', 'mae'])
 
 
-def write_metrics(table, out_dir, baseline=None):
-    """Write ``metrics.csv`` and ``metrics.md`` into ``out_dir`` atomically.
+def _write_csv(table, path, columns=None):
+    columns = list(table.columns if columns is None else columns)
+    return _atomic_write(path, lambda fh: table[columns].to_csv(fh, index=False))
+
+
+def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
+                  reliability=None):
+    """Write the metric tables into ``out_dir`` atomically.
 
     Parameters
     ----------
     table : pandas.DataFrame
-        Model metrics from :func:`metrics_table`.
+        Model metrics from :func:`metrics_table` -> ``metrics.csv``.
     out_dir : str or os.PathLike
-        Destination folder (created if missing). Only ``metrics.csv`` and
-        ``metrics.md`` are replaced; nothing else in it is touched.
+        Destination folder (created if missing). Only the files named here
+        are replaced; nothing else in it is touched.
     baseline : pandas.DataFrame, optional
-        Constant-predictor metrics; adds a second Markdown table and the
-        model/baseline ratio of epicentral MAE.
+        Constant-predictor metrics -> ``metrics_baseline.csv``.
+    coverage : pandas.DataFrame, optional
+        :func:`coverage_table` -> ``uncertainty.csv``.
+    breakdown : pandas.DataFrame, optional
+        :func:`breakdown_table` -> ``breakdown.csv``.
+    reliability : pandas.DataFrame, optional
+        :func:`reliability_curve` -> ``reliability.csv``.
+
+    All given tables also go into ``metrics.md``, with the model/baseline
+    ratio of epicentral MAE.
 
     Returns
     -------
@@ -279,21 +480,35 @@ def write_metrics(table, out_dir, baseline=None):
         Paths written.
     """
     os.makedirs(out_dir, exist_ok=True)
-    csv_path = os.path.join(out_dir, 'metrics.csv')
-    md_path = os.path.join(out_dir, 'metrics.md')
-    _atomic_write(csv_path, lambda fh: table[list(METRIC_COLUMNS)].to_csv(fh, index=False))
+    paths = [_write_csv(table, os.path.join(out_dir, 'metrics.csv'), METRIC_COLUMNS)]
     parts = ['# Location metrics', '',
              'Errors are prediction - truth; lat/lon in degrees, others in km; '
              'std uses ddof=0.', '', '## Model', '', _markdown(table), '']
     if baseline is not None:
+        paths.append(_write_csv(baseline, os.path.join(out_dir, 'metrics_baseline.csv'),
+                                METRIC_COLUMNS))
         m, b = _epicentral_mae(table), _epicentral_mae(baseline)
         parts += ['## Constant predictor (test-set mean offset; optimistic)', '',
                   _markdown(baseline), '',
                   f"Epicentral MAE ratio model/baseline: {m / b:.4f} "
                   f"({m:.3f} km / {b:.3f} km)" if b > 0 else
                   f"Epicentral MAE: model {m:.3f} km, baseline 0 km (ratio undefined)", '']
-    _atomic_write(md_path, lambda fh: fh.write('\n'.join(parts)))
-    return [csv_path, md_path]
+    if coverage is not None:
+        paths.append(_write_csv(coverage, os.path.join(out_dir, 'uncertainty.csv')))
+        parts += ['## Predicted uncertainty (Monte-Carlo dropout)', '',
+                  'Fraction of traces whose truth lies within 1 and 2 predicted sigma, '
+                  'next to the fraction a calibrated Gaussian gives (epicentre: 2-D radius); '
+                  'Spearman correlation of predicted std with |error|.', '',
+                  _markdown(coverage), '']
+    if reliability is not None and len(reliability):
+        paths.append(_write_csv(reliability, os.path.join(out_dir, 'reliability.csv')))
+    if breakdown is not None and len(breakdown):
+        paths.append(_write_csv(breakdown, os.path.join(out_dir, 'breakdown.csv')))
+        parts += ['## Breakdown by true distance, depth, magnitude and SNR', '',
+                  _markdown(breakdown), '']
+    md_path = os.path.join(out_dir, 'metrics.md')
+    paths.append(_atomic_write(md_path, lambda fh: fh.write('\n'.join(parts))))
+    return paths
 
 
 def format_table(table):
@@ -356,7 +571,7 @@ def _map(plt, sc, path):
     return _save(fig, path)
 
 
-def make_figures(df, errors, fig_dir):
+def make_figures(df, errors, fig_dir, reliability=None, breakdown=None):
     """Write the standard evaluation figures as PNG files.
 
     Parameters
@@ -367,12 +582,16 @@ def make_figures(df, errors, fig_dir):
         Output of :func:`location_errors` (its index selects the scored rows).
     fig_dir : str or os.PathLike
         Destination folder (created if missing).
+    reliability, breakdown : pandas.DataFrame, optional
+        :func:`reliability_curve` and :func:`breakdown_table` outputs; when
+        given (and not empty) ``reliability.png`` / ``breakdown.png`` are added.
 
     Returns
     -------
     list of str
         ``error_hist_<quantity>.png`` for each quantity, ``scatter_lat.png``,
-        ``scatter_lon.png``, ``scatter_depth.png`` and ``map_epicentres.png``.
+        ``scatter_lon.png``, ``scatter_depth.png``, ``map_epicentres.png`` and
+        the optional two.
     """
     import matplotlib
     matplotlib.use('Agg')  # headless: no display on clusters / CI
@@ -395,4 +614,40 @@ def make_figures(df, errors, fig_dir):
         paths.append(_scatter(plt, sc[col].to_numpy(float), sc[pcol].to_numpy(float),
                               std, label, os.path.join(fig_dir, f'scatter_{short}.png')))
     paths.append(_map(plt, sc, os.path.join(fig_dir, 'map_epicentres.png')))
+    if reliability is not None and len(reliability):
+        paths.append(_reliability_figure(plt, reliability, os.path.join(fig_dir, 'reliability.png')))
+    if breakdown is not None and len(breakdown):
+        paths.append(_breakdown_figure(plt, breakdown, os.path.join(fig_dir, 'breakdown.png')))
     return paths
+
+
+def _reliability_figure(plt, curve, path):
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for q, part in curve.groupby('quantity', sort=False):
+        ax.plot(part['expected'], part['observed'], marker='o', ms=3, label=q)
+    ax.plot([0, 1], [0, 1], 'k--', lw=1, label='calibrated')
+    ax.set_xlabel('expected coverage (nominal level)')
+    ax.set_ylabel('observed coverage')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title('below the diagonal: error bars too small')
+    ax.legend(loc='upper left', fontsize=8)
+    return _save(fig, path)
+
+
+def _breakdown_figure(plt, table, path):
+    attributes = list(dict.fromkeys(table['attribute']))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 4), squeeze=False)
+    for ax, attribute in zip(axes[0], attributes):
+        part = table[table['attribute'] == attribute]
+        x = np.arange(len(part))
+        ax.bar(x - 0.2, part['epicentral_mae_km'], 0.4, label='model')
+        ax.bar(x + 0.2, part['baseline_epicentral_mae_km'], 0.4, color='0.7',
+               label='constant predictor')
+        ax.set_xticks(x, [f"{b}\nn={n}" for b, n in zip(part['bin'], part['n'])],
+                      fontsize=7, rotation=30)
+        ax.set_title(attribute)
+        ax.set_ylabel('epicentral MAE (km)')
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

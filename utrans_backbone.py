@@ -35,6 +35,8 @@ OFFICIAL_SHA256 = "56760438ba460ee9162130a7748fe13e9197ebe75335f19e8e7b0d5abe361
 DEFAULT_WEIGHTS = os.path.join("weights", "UTrans_Foundation.h5")
 WEIGHTS_ENV = "UTRANS_WEIGHTS"
 LATENT_NAME = "utrans_latent"
+# convF1's closing Dropout is never active upstream; Monte-Carlo sampling keeps it off.
+FROZEN_DROPOUT_PREFIX = "convf1_dropout"
 DOWNLOAD_HINT = (
     "download it from the U-Trans repository "
     "(omarmohamed15/U-Trans-Foundation-For-Seismic-Waveform-Representation, "
@@ -188,7 +190,7 @@ def latent_model(foundation):
                        name="utrans_latent_model")
 
 
-def convF1(x, d1=80, kernel_size=13, dropout=0.1):
+def convF1(x, d1=80, kernel_size=13, dropout=0.1, name=None):
     """Residual conv block of the upstream location model (``convF1``).
 
     Two Conv-BN layers with a skip from the block input, then a Conv-BN
@@ -203,7 +205,8 @@ def convF1(x, d1=80, kernel_size=13, dropout=0.1):
     b = _conv_bn_act(a, filters, kernel_size)
     b = layers.Add()([b, x])
     out = _conv_bn_act(b, d1, kernel_size)
-    return layers.Dropout(dropout)(out, training=False)
+    drop_name = f"{FROZEN_DROPOUT_PREFIX}_{name}" if name else None
+    return layers.Dropout(dropout, name=drop_name)(out, training=False)
 
 
 def _conv_bn_act(x, filters, kernel_size, activation="linear"):
@@ -220,8 +223,8 @@ def decoder_stream(latent, n_blocks=3, d1=80, kernel_size=13, dropout=0.1):
     input samples so they can be concatenated with the raw waveform.
     """
     x = latent
-    for _ in range(n_blocks):
-        x = convF1(x, d1, kernel_size, dropout)
+    for k in range(n_blocks):
+        x = convF1(x, d1, kernel_size, dropout, name=str(k + 1))
     flat = layers.Flatten()(x)
     return layers.Reshape((flat.shape[-1], 1))(flat)
 

@@ -54,6 +54,7 @@ def tester1(input_hdf5=None,
             convmixer_patch=None,
             gpuid=None,
             gpu_limit=None,
+            seed=None,
             verbose=1):
     """Predict the test split and write ``<output_name>_outputs/``.
 
@@ -74,11 +75,16 @@ def tester1(input_hdf5=None,
     batch_size : int
         Traces per prediction batch.
     estimate_uncertainty : bool
-        Repeat the prediction ``number_of_sampling`` times and report the mean
-        and standard deviation. (Kept from upstream: the samples run in
-        inference mode, so they are identical and the std is 0.)
+        Monte-Carlo dropout: ``number_of_sampling`` stochastic forward passes
+        (Dropout, StochasticDepth and attention dropout active, BatchNorm in
+        inference mode); the CSV gets the sample mean as prediction and the
+        standard deviations ``pred_event_lat_std``, ``pred_event_lon_std``
+        (degrees), ``pred_depth_km_std``, ``pred_event_lat_std_km``,
+        ``pred_event_lon_std_km`` and ``pred_epicentre_std_km`` (RMS radial
+        scatter of the epicentre). Off: one deterministic pass, exactly
+        ``model.predict``.
     number_of_sampling : int
-        Predictions per trace with ``estimate_uncertainty``.
+        Forward passes per trace with ``estimate_uncertainty``.
     normalization_mode : {'std', 'max'} or None
         Normalisation used in training; None: from model_config.json, else 'std'.
     foundation_weights : str
@@ -92,6 +98,8 @@ def tester1(input_hdf5=None,
         shapes, else the published 512, 10, 13, 10.
     gpuid, gpu_limit
         As in trainer1 (the command line applies gpuid before import).
+    seed : int or None
+        Seed of the Monte-Carlo sampling: the same seed gives the same samples.
     verbose : int
         0: quiet; 1: progress bar and summary.
 
@@ -136,7 +144,7 @@ def tester1(input_hdf5=None,
                                           batch_size=batch_size,
                                           norm_mode=cfg["normalization_mode"])
     n_samples = int(number_of_sampling) if estimate_uncertainty else 1
-    pred = predict_samples(model, generator, n_samples, progress=verbose > 0)
+    pred = predict_samples(model, generator, n_samples, seed=seed, progress=verbose > 0)
     results = results_table(meta, pred, cfg["max_d"], cfg["min_d"])
 
     os.makedirs(output_dir)
@@ -149,6 +157,7 @@ def tester1(input_hdf5=None,
         ("input_model", input_model), ("input_model_sha256", loaded["sha256"]),
         ("output_name", output_name), ("batch_size", batch_size),
         ("estimate_uncertainty", estimate_uncertainty), ("number_of_sampling", n_samples),
+        ("seed", seed),
         ("foundation_weights", weights or "none (backbone weights from input_model)"),
         *cfg.items(), ("keras_backend", keras.backend.backend()),
         *summary.items(), ("time_taken_s", round(elapsed, 1)),
@@ -178,25 +187,21 @@ def model_settings(input_model, **given):
     return cfg
 
 
-def predict_samples(model, generator, n_samples=1, progress=True):
+def predict_samples(model, generator, n_samples=1, seed=None, progress=True):
     """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples.
 
-    With ``n_samples > 1`` each pass runs Dropout and StochasticDepth in
-    training mode while BatchNormalization stays in inference mode (its
-    layers are frozen during sampling, which Keras runs in inference mode and
-    never updates), so the passes differ; the upstream sampled in inference
-    mode and got identical samples.
+    Deterministic: ``predict_on_batch``, bit for bit the plain prediction.
+    Sampling: a copy of the model with its dropout-type layers always on
+    (:func:`EqT_utils_Loc_California.mc_sampling_model`), built once and run
+    ``n_samples`` times per batch; BatchNorm stays in inference mode. The
+    upstream sampled in inference mode and got identical samples.
     """
+    sampler = model if n_samples == 1 else U.mc_sampling_model(model, seed=seed)
     outputs = []
-    with U.mc_dropout(model, enabled=n_samples > 1):
-        for index in tqdm(range(len(generator)), desc="tester1", unit="batch",
-                          disable=not progress):
-            (x,) = generator[index]
-            if n_samples == 1:
-                outputs.append(np.asarray(model.predict_on_batch(x))[None])
-            else:
-                outputs.append(np.stack([keras.ops.convert_to_numpy(model(x, training=True))
-                                         for _ in range(n_samples)]))
+    for index in tqdm(range(len(generator)), desc="tester1", unit="batch", disable=not progress):
+        (x,) = generator[index]
+        outputs.append(np.stack([np.asarray(sampler.predict_on_batch(x))
+                                 for _ in range(n_samples)]))
     pred = np.concatenate(outputs, axis=1).astype(np.float64)
     return pred[0] if n_samples == 1 else pred
 
@@ -216,6 +221,8 @@ def results_table(meta, pred, max_d, min_d):
         out["pred_event_lat_std"] = lat.std(axis=0)
         out["pred_event_lon_std"] = lon.std(axis=0)
         out["pred_depth_km_std"] = depth.std(axis=0)
+        (out["pred_event_lat_std_km"], out["pred_event_lon_std_km"],
+         out["pred_epicentre_std_km"]) = lm.sample_spread_km(lat, lon)
     extra = [c for c in meta.columns if c not in out.columns]
     return out.join(meta[extra])
 
@@ -260,6 +267,7 @@ def build_parser():
                             f"else {published}")
     p.add_argument("--gpuid", type=int, default=None, help="use only this GPU")
     p.add_argument("--gpu_limit", type=float, default=None, help="fraction of GPU memory to use")
+    p.add_argument("--seed", type=int, default=None, help="seed of the Monte-Carlo sampling")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1], help="progress bar and summary")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p

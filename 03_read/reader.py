@@ -35,9 +35,11 @@ def reader(input, output_dir=None, figures=True):
     Returns
     -------
     dict
-        ``n_total``, ``n_scored``, ``metrics`` and ``baseline`` (DataFrames,
-        None when nothing is scorable), ``paths`` (files written) and
-        ``message`` (why nothing was scored, else None).
+        ``n_total``, ``n_scored``, ``metrics``, ``baseline``, ``coverage``
+        (only with Monte-Carlo std columns) and ``breakdown`` (DataFrames,
+        None when nothing is scorable), ``uncertainty`` (predicted-std summary
+        over all traces, labeled or not; None without std columns), ``paths``
+        (files written) and ``message`` (why nothing was scored, else None).
 
     Raises
     ------
@@ -52,27 +54,45 @@ def reader(input, output_dir=None, figures=True):
     df = lm.read_results(os.path.join(input, RESULTS_NAME))
     errors = lm.location_errors(df)
     out = {'n_total': len(df), 'n_scored': len(errors), 'metrics': None,
-           'baseline': None, 'paths': [], 'message': None}
+           'baseline': None, 'coverage': None, 'breakdown': None,
+           'uncertainty': lm.uncertainty_summary(df), 'paths': [], 'message': None}
     if len(errors) == 0:
-        out['message'] = ('no scorable rows: every trace lacks event_lat/event_lon/'
-                          'depth_km truth, so no error table; metrics.csv not written')
+        out['message'] = ('no scorable rows: no trace has event_lat/event_lon/depth_km '
+                          'truth (unlabeled traces), so there is no error table; '
+                          'metrics.csv not written')
         return out
+    baseline_errors = lm.constant_baseline(df)
     out['metrics'] = lm.metrics_table(errors)
-    out['baseline'] = lm.metrics_table(lm.constant_baseline(df))
-    out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'])
+    out['baseline'] = lm.metrics_table(baseline_errors)
+    out['coverage'] = lm.coverage_table(df, errors)
+    out['breakdown'] = lm.breakdown_table(df, errors, baseline_errors)
+    reliability = lm.reliability_curve(df, errors)
+    out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'],
+                                    coverage=out['coverage'], breakdown=out['breakdown'],
+                                    reliability=reliability)
     if figures:
-        out['paths'] += lm.make_figures(df, errors, os.path.join(output_dir, 'figures'))
+        out['paths'] += lm.make_figures(df, errors, os.path.join(output_dir, 'figures'),
+                                        reliability=reliability, breakdown=out['breakdown'])
     return out
 
 
 def _report(res):
     """Print the summary; the model table and the comparison line come last."""
     print(f"traces: {res['n_scored']} scored / {res['n_total']} total")
+    if res['uncertainty'] is not None:
+        print('\npredicted uncertainty (all traces):')
+        print(res['uncertainty'].to_string(index=False, float_format=lm._fmt))
     if res['metrics'] is None:
         print(res['message'])
         return
     for p in res['paths']:
         print(f"wrote {p}")
+    if res['breakdown'] is not None and len(res['breakdown']):
+        print('\nbreakdown (epicentral MAE per bin, model vs constant predictor):')
+        print(res['breakdown'].to_string(index=False, float_format=lm._fmt))
+    if res['coverage'] is not None:
+        print('\nuncertainty calibration (fraction of truths inside 1 / 2 predicted sigma):')
+        print(lm.format_table(res['coverage']))
     print('\nconstant predictor (test-set mean offset, optimistic):')
     print(lm.format_table(res['baseline']))
     print('\nmodel:')

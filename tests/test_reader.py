@@ -138,7 +138,8 @@ def test_cli_end_to_end(tmp_path):
         assert res.returncode == 0, res.stderr
     assert (folder / 'metrics.csv').exists() and (folder / 'metrics.md').exists()
     pngs = sorted(os.listdir(folder / 'figures'))
-    assert len(pngs) == 9 and 'map_epicentres.png' in pngs
+    assert len(pngs) == 11 and 'map_epicentres.png' in pngs
+    assert {'reliability.png', 'breakdown.png'} <= set(pngs)  # std column -> reliability
     assert hashlib.sha256(other.read_bytes()).hexdigest() == digest
     lines = res.stdout.strip().splitlines()
     assert lines[-1].startswith('epicentral MAE: model')
