@@ -1,7 +1,7 @@
 """Quick-start demo: synthetic California set -> trainer1 -> tester1 -> reader.
 
 Runs the four stage scripts exactly as a user would, in ``./demo_run/``, and
-prints the metrics table last. On a 2-core CPU it takes about 11 minutes.
+prints the metrics table last. On a 2-core CPU it takes about 12 minutes.
 
 The demo trains a REDUCED ConvMixer head (64 filters, depth 4, ~1.3 M
 parameters) at learning rate 1e-3: the published head (512 filters, depth 10,
@@ -61,7 +61,9 @@ def main(argv=None):
     p.add_argument("--learning_rate", type=float, default=1e-3, help="base learning rate")
     p.add_argument("--foundation_weights", default=None,
                    help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and augmentation")
+    p.add_argument("--number_of_sampling", type=int, default=20,
+                   help="Monte-Carlo dropout passes of the tester (0: deterministic only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, augmentation, sampling")
     args = p.parse_args(argv)
 
     work = os.path.abspath(args.workdir)
@@ -76,7 +78,8 @@ def main(argv=None):
           f"{args.n_traces} synthetic traces from {args.n_stations} stations, head "
           f"{args.convmixer_filters} filters x depth {args.convmixer_depth} (published: 512 x 10), "
           f"learning rate {args.learning_rate:g} (published: 1e-4), batch {args.batch_size}, "
-          f"{args.epochs} epochs, foundation weights: {weights}", flush=True)
+          f"{args.epochs} epochs, Monte-Carlo samples {args.number_of_sampling}, "
+          f"foundation weights: {weights}", flush=True)
 
     times = {}
     data = os.path.join(work, "synthetic_california.hdf5")
@@ -95,9 +98,11 @@ def main(argv=None):
         "--seed", args.seed, "--verbose", 2], work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]
+    sampling = (["--estimate_uncertainty", "--number_of_sampling", args.number_of_sampling,
+                 "--seed", args.seed] if args.number_of_sampling > 1 else [])
     times["test"], _ = _run("02 test", "02_test/tester1.py", [
         "--input_hdf5", data, "--input_testset", "test_Events.npy",
-        "--input_model", os.path.join(models, best), "--output_name", "demo_tester"], work)
+        "--input_model", os.path.join(models, best), "--output_name", "demo_tester", *sampling], work)
     times["read"], report = _run("03 read", "03_read/reader.py",
                                  ["--input", "demo_tester_outputs"], work, capture=True)
     print("\ndemo stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())

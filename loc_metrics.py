@@ -433,11 +433,12 @@ def _fmt(v):
 def _markdown(table):
     """Markdown pipe table (no tabulate dependency)."""
     head = '| ' + ' | '.join(table.columns) + ' |'
-    text = [c for c in table.columns if not pd.api.types.is_float_dtype(table[c])]
-    rule = '|' + '|'.join(':---' if c in text else '---:' for c in table.columns) + '|'
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    rule = '|' + '|'.join('---:' if c in numeric else ':---' for c in table.columns) + '|'
     body = []
     for _, r in table.iterrows():
-        cells = [str(r[c]) if c in text else _fmt(r[c]) for c in table.columns]
+        cells = [_fmt(r[c]) if c in floats else str(r[c]) for c in table.columns]
         body.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join([head, rule] + body)
 
