@@ -21,6 +21,7 @@ Location target of one trace (UTRANS_SPEC section 1)::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -148,15 +149,23 @@ def bandpass_taper(data, fs=100.0, freqmin=1.0, freqmax=45.0, corners=2,
     then a cosine (Tukey) taper on each end over ``taper_fraction`` of the
     trace, at most ``max_taper_s`` seconds.
     """
-    from scipy.signal import butter, sosfiltfilt
+    from scipy.signal import sosfiltfilt
+
+    sos, window = _filter_design(fs, freqmin, freqmax, corners, taper_fraction, max_taper_s,
+                                 len(data))
+    filtered = sosfiltfilt(sos, np.asarray(data, dtype=np.float64), axis=0)
+    return (filtered * window[:, None]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _filter_design(fs, freqmin, freqmax, corners, taper_fraction, max_taper_s, n):
+    """Butterworth sections and taper window, designed once per setting."""
+    from scipy.signal import butter
     from scipy.signal.windows import tukey
 
     sos = butter(corners, [freqmin, freqmax], btype="bandpass", fs=fs, output="sos")
-    filtered = sosfiltfilt(sos, np.asarray(data, dtype=np.float64), axis=0)
-    n = filtered.shape[0]
     side = min(taper_fraction * n, max_taper_s * fs)   # samples per end
-    window = tukey(n, alpha=min(2.0 * side / n, 1.0))
-    return (filtered * window[:, None]).astype(np.float32)
+    return sos, tukey(n, alpha=min(2.0 * side / n, 1.0))
 
 
 def shift_event(data, coda_end, rate, rng):
@@ -271,25 +280,63 @@ def augment_event(data, meta, rng, *, shift_event_r=None, add_event_r=None,
 # HDF5 access
 # --------------------------------------------------------------------------
 class _H5Reader:
-    """One open HDF5 file per process: reopened after a fork, never per batch."""
+    """One open HDF5 file per process: reopened after a fork, never per batch.
 
-    def __init__(self, file_name):
+    Reads the three layouts :func:`h5_layout` knows: DataCollected (group per
+    trace id holding ``data``), released STEAD (``data/<trace_name>``) and
+    older STEAD (``earthquake/local/<name>``, ``non_earthquake/noise/<name>``).
+    For STEAD files :meth:`attrs` returns the attributes under the upstream
+    names (:func:`stead_to_upstream`), so labels and metadata work unchanged.
+    ``bandpass=True`` band-passes and tapers every waveform on reading, as the
+    DataCollected builder did (:func:`bandpass_taper`).
+    """
+
+    def __init__(self, file_name, bandpass=False):
         self.file_name = str(file_name)
+        self.bandpass = bool(bandpass)
         self._fh = None
         self._pid = None
+        self._layout = None
 
     @property
     def file(self):
         if self._fh is None or self._pid != os.getpid():
-            self._fh = h5py.File(self.file_name, "r")
+            try:
+                self._fh = h5py.File(self.file_name, "r")
+            except OSError as err:
+                raise ValueError(f"{self.file_name}: not a readable HDF5 file ({err})") from None
             self._pid = os.getpid()
+            self._layout = h5_layout(self._fh)
         return self._fh
 
+    @property
+    def layout(self):
+        """``'datacollected'``, ``'stead'`` or ``'stead_old'`` (see :func:`h5_layout`)."""
+        self.file  # noqa: B018 (opens the file and detects the layout)
+        return self._layout
+
+    def _paths(self, trace_id):
+        if self.layout == LAYOUT_STEAD:
+            return (f"data/{trace_id}",)
+        if self.layout == LAYOUT_STEAD_OLD:
+            return tuple(f"{group}/{trace_id}" for group in STEAD_OLD_GROUPS)
+        return (trace_id,)
+
+    def has(self, trace_id):
+        """True when the file holds ``trace_id``."""
+        return any(self.file.get(path) is not None for path in self._paths(trace_id))
+
     def group(self, trace_id):
-        try:
-            return self.file[trace_id]
-        except KeyError:
-            raise TraceError(f"trace '{trace_id}' is not in {self.file_name}") from None
+        """The trace's HDF5 object: a DataCollected group or a STEAD dataset."""
+        for path in self._paths(trace_id):
+            node = self.file.get(path)
+            if node is not None:
+                return node
+        raise TraceError(f"trace '{trace_id}' is not in {self.file_name}")
+
+    def waveform_shape(self, trace_id):
+        group = self.group(trace_id)
+        return tuple((group["data"] if isinstance(group, h5py.Group) else group).shape)
 
     def waveform(self, trace_id, dim):
         group = self.group(trace_id)
@@ -297,13 +344,158 @@ class _H5Reader:
         if dset.shape != tuple(dim):
             raise TraceError(f"trace '{trace_id}' in {self.file_name} has shape "
                              f"{dset.shape}, expected {tuple(dim)}")
-        return np.asarray(dset[()], dtype=np.float32)
+        data = np.asarray(dset[()], dtype=np.float32)
+        return bandpass_taper(data) if self.bandpass else data
 
     def attrs(self, trace_id):
-        return self.group(trace_id).attrs
+        node = self.group(trace_id)
+        if self.layout == LAYOUT_COLLECTED:
+            return node.attrs
+        # Older layout: the folder says the category when the attribute is absent.
+        folder = node.parent.name.strip("/")
+        category = "earthquake_local" if folder == STEAD_OLD_GROUPS[0] else \
+            "noise" if folder == STEAD_OLD_GROUPS[1] else None
+        return stead_to_upstream(node.attrs, category=category)
+
+    def close(self):
+        """Close the file (it reopens on the next access)."""
+        if self._fh is not None and self._pid == os.getpid():
+            self._fh.close()
+        self._fh = self._pid = self._layout = None
 
     def __getstate__(self):
-        return {"file_name": self.file_name, "_fh": None, "_pid": None}
+        return {"file_name": self.file_name, "bandpass": self.bandpass,
+                "_fh": None, "_pid": None, "_layout": None}
+
+
+# --------------------------------------------------------------------------
+# STEAD files read directly (released and older layouts)
+# --------------------------------------------------------------------------
+LAYOUT_COLLECTED, LAYOUT_STEAD, LAYOUT_STEAD_OLD = "datacollected", "stead", "stead_old"
+STEAD_OLD_GROUPS = ("earthquake/local", "non_earthquake/noise")
+
+# STEAD attribute -> upstream DataCollected attribute (UTRANS_SPEC section 1).
+STEAD_TO_UPSTREAM = {
+    "receiver_latitude": "station_lat",
+    "receiver_longitude": "station_long",
+    "source_latitude": "event_lat",
+    "source_longitude": "event_long",
+    "source_depth_km": "depth",
+    "source_magnitude": "magnitude",
+    "source_magnitude_type": "magnitude_type",
+    "p_arrival_sample": "p_arrival_sample",
+    "s_arrival_sample": "s_arrival_sample",
+    "coda_end_sample": "coda_end_sample",
+    "snr_db": "snr_db",
+    "trace_category": "data_category",
+}
+# STEAD attributes kept under their own names (metadata columns, grouping by event).
+STEAD_EXTRAS = ("network_code", "receiver_code", "source_id", "source_distance_km",
+                "back_azimuth_deg", "trace_start_time", "source_origin_time")
+_STEAD_TEXT = {"source_magnitude_type", "network_code", "receiver_code", "source_id",
+               "trace_start_time", "source_origin_time", "P_polarity"}
+_CATEGORY = {"earthquake_local": "earthquake", "noise": "noise"}
+
+
+def h5_layout(fh):
+    """Layout of an open HDF5 file.
+
+    Returns
+    -------
+    str
+        ``'stead'``: released STEAD, one dataset per trace at
+        ``data/<trace_name>``; ``'stead_old'``: older STEAD,
+        ``earthquake/local/<name>`` and ``non_earthquake/noise/<name>``;
+        ``'datacollected'``: anything else (one group per trace id holding
+        ``data``, the upstream layout).
+    """
+    node = fh.get("data")
+    # A DataCollected trace that happens to be called 'data' holds a 'data' dataset.
+    if isinstance(node, h5py.Group) and not isinstance(node.get("data"), h5py.Dataset):
+        return LAYOUT_STEAD
+    if any(isinstance(fh.get(group), h5py.Group) for group in STEAD_OLD_GROUPS):
+        return LAYOUT_STEAD_OLD
+    return LAYOUT_COLLECTED
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        value = value.decode("utf8", "replace")
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else None
+        return _text(value)
+    if value is None:
+        return "None"
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "None"
+        # Numeric ids (e.g. source_id read back as 8556349.0) keep their integer form.
+        return str(int(value)) if float(value).is_integer() else str(value)
+    text = str(value).strip()
+    return "None" if text.lower() in ("", "none", "nan") else text
+
+
+def _number(value):
+    """A scalar number (numpy dtype kept) or 'None'; [[x]] -> x, '1.5' -> 1.5."""
+    if isinstance(value, bytes):
+        value = value.decode("utf8", "replace")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip("[] "))
+        except ValueError:
+            return "None"
+    arr = np.asarray(value)
+    if arr.size == 0 or arr.dtype.kind not in "fiu":
+        return "None"
+    scalar = arr.ravel()[0]
+    return scalar if np.isfinite(scalar) else "None"
+
+
+def stead_to_upstream(attrs, category=None):
+    """STEAD trace attributes under the upstream (DataCollected) names.
+
+    Parameters
+    ----------
+    attrs : mapping
+        A STEAD trace's attributes (h5py attrs or a dict, e.g. a CSV row).
+    category : str, optional
+        ``trace_category`` to use when ``attrs`` has none (the older layout
+        encodes it in the folder).
+
+    Returns
+    -------
+    dict
+        ``station_lat, station_long, event_lat, event_long, depth, magnitude,
+        magnitude_type, p_arrival_sample, s_arrival_sample, coda_end_sample,
+        snr_db`` (3 floats), ``data_category`` ('earthquake' | 'noise'),
+        ``P_polarity``, ``event_label`` (1 | 0), ``AI_Set`` ('STEAD') and the
+        STEAD extras ``network_code, receiver_code, source_id,
+        source_distance_km, back_azimuth_deg, trace_start_time,
+        source_origin_time``. Missing, 'None', NaN or empty values become the
+        string 'None'; array-valued scalars (``coda_end_sample`` as [[x]]) are
+        unwrapped; numbers keep their numpy dtype.
+    """
+    out = {}
+    for stead, name in STEAD_TO_UPSTREAM.items():
+        value = attrs.get(stead, None) if hasattr(attrs, "get") else None
+        if name == "snr_db":
+            snr = attr_snr({"snr_db": value}) if value is not None else np.full(3, np.nan)
+            out[name] = snr.astype(np.float64) if np.isfinite(snr).any() else "None"
+        elif name == "data_category":
+            raw = _text(value) if value is not None else _text(category)
+            out[name] = _CATEGORY.get(raw, raw)
+        elif stead in _STEAD_TEXT:
+            out[name] = _text(value)
+        else:
+            out[name] = _number(value) if value is not None else "None"
+    out["P_polarity"] = _text(attrs.get("P_polarity", None))
+    out["event_label"] = 1 if out["data_category"] == "earthquake" else 0
+    out["AI_Set"] = "STEAD"
+    for name in STEAD_EXTRAS:
+        value = attrs.get(name, None)
+        out[name] = _text(value) if name in _STEAD_TEXT else \
+            (_number(value) if value is not None else "None")
+    return out
 
 
 def trace_meta(attrs):
@@ -317,6 +509,15 @@ def trace_meta(attrs):
 # --------------------------------------------------------------------------
 # Data generators
 # --------------------------------------------------------------------------
+def finite_waveform(reader, trace_id, dim):
+    """A trace's waveform; NaN/Inf samples are an error naming the trace."""
+    data = reader.waveform(trace_id, dim)
+    if not np.isfinite(data).all():
+        raise TraceError(f"trace '{trace_id}' in {reader.file_name} has NaN/Inf samples; "
+                         "remove it from the split (or repair the file)")
+    return data
+
+
 class DataGenerator(keras.utils.PyDataset):
     """Batches of (waveforms, location labels) from a DataCollected HDF5 file.
 
@@ -353,6 +554,11 @@ class DataGenerator(keras.utils.PyDataset):
         Seed of the augmentation/shuffle random generator.
     workers, use_multiprocessing, max_queue_size
         Passed to ``keras.utils.PyDataset``.
+    bandpass : bool
+        Band-pass (1-45 Hz) and taper each waveform on reading, as the
+        DataCollected builder did: for raw traces, e.g. a STEAD ``merge.hdf5``
+        read directly (``file_name`` may be a DataCollected file or a STEAD
+        file in the released or older layout, see :func:`h5_layout`).
 
     Notes
     -----
@@ -368,7 +574,7 @@ class DataGenerator(keras.utils.PyDataset):
                  add_event_r=None, add_gap_r=None, shift_event_r=None, add_noise_r=None,
                  drop_channe_r=None, scale_amplitude_r=None, pre_emphasis=False,
                  max_d=MAX_D, min_d=MIN_D, seed=None, workers=1,
-                 use_multiprocessing=False, max_queue_size=10):
+                 use_multiprocessing=False, max_queue_size=10, bandpass=False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.list_IDs = np.asarray(list_IDs).astype(str)
@@ -389,18 +595,27 @@ class DataGenerator(keras.utils.PyDataset):
                           drop_channe_r=drop_channe_r, scale_amplitude_r=scale_amplitude_r,
                           pre_emphasis_on=pre_emphasis)
         self.max_d, self.min_d = max_d, min_d
-        self.rng = np.random.default_rng(seed)
-        self.reader = _H5Reader(file_name)
-        self.indexes = np.arange(len(self.list_IDs))
-        self.on_epoch_end()
+        # Randomness derives from (seed, epoch, batch index): repeatable with
+        # a seed whatever the worker order, and resumable at any epoch.
+        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.bandpass = bool(bandpass)
+        self.reader = _H5Reader(file_name, bandpass=self.bandpass)
+        self.failure = None
+        self.set_epoch(0)
 
     def __len__(self):
         n = len(self.list_IDs) // self.batch_size
         return 2 * n if self.augmentation else n
 
+    def set_epoch(self, epoch):
+        """Position the generator at ``epoch`` (its shuffle order and random streams)."""
+        self.epoch = int(epoch)
+        n = len(self.list_IDs)
+        self.indexes = (np.random.default_rng([self.seed, self.epoch]).permutation(n)
+                        if self.shuffle else np.arange(n))
+
     def on_epoch_end(self):
-        if self.shuffle:
-            self.rng.shuffle(self.indexes)
+        self.set_epoch(self.epoch + 1)
 
     def batch_ids(self, index):
         """Trace ids of batch ``index`` (duplicated halves with augmentation)."""
@@ -411,22 +626,32 @@ class DataGenerator(keras.utils.PyDataset):
         return self.list_IDs[self.indexes[index * self.batch_size:(index + 1) * self.batch_size]]
 
     def __getitem__(self, index):
+        try:
+            return self._batch(index)
+        except TraceError as err:
+            # The backend wraps errors raised in its input pipeline; keep the
+            # original so the trainer can report it plainly (see fit_reporting).
+            self.failure = err
+            raise
+
+    def _batch(self, index):
         ids = self.batch_ids(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         x = np.empty((len(ids),) + self.dim, dtype=np.float32)
         y = np.empty((len(ids), 3), dtype=np.float32)
         half = len(ids) // 2
         for i, trace_id in enumerate(ids):
             attrs = self.reader.attrs(trace_id)
             y[i] = location_label(attrs, trace_id, self.max_d, self.min_d)
-            data = self.reader.waveform(trace_id, self.dim)
+            data = finite_waveform(self.reader, trace_id, self.dim)
             if self.augmentation:
                 meta = trace_meta(attrs)
                 if i < half:
                     if self.rates["shift_event_r"]:
                         data = shift_event(data, meta["coda_end"],
-                                           self.rates["shift_event_r"] / 2, self.rng)
+                                           self.rates["shift_event_r"] / 2, rng)
                 else:
-                    data = augment_event(data, meta, self.rng, **self.rates)
+                    data = augment_event(data, meta, rng, **self.rates)
             x[i] = normalize(data, self.norm_mode)
         return x, y
 
@@ -435,7 +660,8 @@ class DataGeneratorPrediction(keras.utils.PyDataset):
     """Normalised waveforms of every id in order, last batch possibly short; no labels."""
 
     def __init__(self, list_IDs, file_name, dim=6000, batch_size=40, n_channels=3,
-                 norm_mode="std", workers=1, use_multiprocessing=False, max_queue_size=10):
+                 norm_mode="std", workers=1, use_multiprocessing=False, max_queue_size=10,
+                 bandpass=False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.list_IDs = np.asarray(list_IDs).astype(str)
@@ -444,14 +670,15 @@ class DataGeneratorPrediction(keras.utils.PyDataset):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.norm_mode = norm_mode
-        self.reader = _H5Reader(file_name)
+        self.bandpass = bool(bandpass)
+        self.reader = _H5Reader(file_name, bandpass=self.bandpass)
 
     def __len__(self):
         return math.ceil(len(self.list_IDs) / self.batch_size)
 
     def __getitem__(self, index):
         ids = self.list_IDs[index * self.batch_size:(index + 1) * self.batch_size]
-        x = np.stack([self.reader.waveform(t, self.dim) for t in ids])
+        x = np.stack([finite_waveform(self.reader, t, self.dim) for t in ids])
         return (normalize(x, self.norm_mode),)
 
 
@@ -488,6 +715,12 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
         self.base_lr, self.monitor, self.factor = base_lr, monitor, factor
         self.patience, self.min_lr, self.verbose = max(int(patience), 1), min_lr, verbose
         self.scale, self.best, self.wait = 1.0, math.inf, 0
+
+    def get_state(self):
+        return {"scale": self.scale, "best": self.best, "wait": self.wait}
+
+    def set_state(self, state):
+        self.scale, self.best, self.wait = state["scale"], state["best"], state["wait"]
 
     def lr_for(self, epoch):
         scheduled = _lr_schedule(epoch, self.base_lr)
@@ -595,10 +828,7 @@ MODEL_CONFIG_NAME = "model_config.json"
 
 def write_model_config(path, **config):
     """Write the model/label configuration a tester needs (atomic)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(config, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(config, indent=2, default=str))
 
 
 def read_model_config(weights_path):
@@ -711,8 +941,11 @@ def read_metadata(file_name, ids):
     """Per-trace metadata (station, truth, magnitude, picks, mean SNR) as a DataFrame.
 
     Missing or 'None' values become NaN (noise or unlabeled traces keep their
-    station coordinates and get empty truth). Raises FileNotFoundError /
-    TraceError naming the file and the first missing ids.
+    station coordinates and get empty truth). ``file_name`` may be a
+    DataCollected file or a STEAD file (released or older layout; its
+    attributes are read under the upstream names, :func:`stead_to_upstream`).
+    Raises FileNotFoundError / TraceError naming the file and the first
+    missing ids.
     """
     import pandas as pd
 
@@ -720,29 +953,39 @@ def read_metadata(file_name, ids):
     if not os.path.isfile(file_name):
         raise FileNotFoundError(f"HDF5 file not found: {file_name}")
     rows = []
-    with h5py.File(file_name, "r") as fh:
-        missing = [t for t in ids if t not in fh]
+    reader = _H5Reader(file_name)
+    try:
+        missing = [t for t in ids if not reader.has(t)]
         if missing:
             raise TraceError(f"{len(missing)} of {len(ids)} ids are not in {file_name}, "
                              f"first: {', '.join(missing[:5])}")
         for trace_id in ids:
-            attrs = fh[trace_id].attrs
+            attrs = reader.attrs(trace_id)
             row = {column: attr_float(attrs, _ATTR_OF.get(column, column))
                    for column in META_COLUMNS}
             snr = attr_snr(attrs)
             row["snr_db"] = float(np.nanmean(snr)) if np.isfinite(snr).any() else math.nan
             rows.append({"trace_name": trace_id, **row})
+    finally:
+        reader.close()
     return pd.DataFrame(rows, columns=("trace_name",) + META_COLUMNS)
 
 
-def check_split(file_name, ids, split_name, max_d=MAX_D, min_d=MIN_D, require_labels=True):
+def check_split(file_name, ids, split_name, max_d=MAX_D, min_d=MIN_D, require_labels=True,
+                dim=None):
     """Check a split before training or testing; return its metadata.
 
-    Every id must be in the file with station coordinates; with
-    ``require_labels`` every trace needs finite event coordinates and depth.
-    The error names the split, the file and the first offending traces.
+    Every id must be in the file with station coordinates and, when ``dim``
+    is given, a waveform of that shape; with ``require_labels`` every trace
+    needs finite event coordinates and depth. The error names the split, the
+    file and the first offending traces. Depths outside [min_d, max_d] are
+    counted and reported on stderr (their labels leave [0, 1]) but allowed.
     """
+    import sys
+
     meta = read_metadata(file_name, ids)
+    if dim is not None:
+        check_shapes(file_name, ids, split_name, dim)
     needed = ["station_lat", "station_lon"]
     if require_labels:
         needed += ["event_lat", "event_lon", "depth_km"]
@@ -752,7 +995,34 @@ def check_split(file_name, ids, split_name, max_d=MAX_D, min_d=MIN_D, require_la
         raise TraceError(
             f"{split_name}: {len(bad)} trace(s) in {file_name} lack {what} "
             f"(noise or unlabeled traces cannot be used here), first: {', '.join(bad[:5])}")
+    depth = meta["depth_km"].to_numpy(float)
+    outside = np.isfinite(depth) & ((depth < min_d) | (depth > max_d))
+    if outside.any():
+        print(f"warning: {split_name}: {int(outside.sum())} of {len(meta)} trace(s) have a depth "
+              f"outside [{min_d}, {max_d}] km (labels outside [0, 1]; negative depths count "
+              "as 0)", file=sys.stderr)
     return meta
+
+
+def check_shapes(file_name, ids, split_name, dim):
+    """Every waveform of the split has shape ``dim`` (read from the HDF5 headers only)."""
+    dim = tuple(int(d) for d in dim)
+    reader = _H5Reader(file_name)
+    try:
+        shapes = ((t, reader.waveform_shape(t)) for t in ids)
+        bad = [f"{t} {shape}" for t, shape in shapes if shape != dim]
+    finally:
+        reader.close()
+    if bad:
+        raise TraceError(f"{split_name}: {len(bad)} trace(s) in {file_name} do not have the "
+                         f"shape {dim}, first: {', '.join(bad[:5])}")
+
+
+def check_output_parent(output_dir):
+    """The folder that will hold ``output_dir`` exists and is writable."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise OSError(f"cannot write {output_dir}: {parent} is not a writable folder")
 
 
 # --------------------------------------------------------------------------
@@ -821,10 +1091,7 @@ def write_report(path, title, items):
 
     text = [f"{title} report, {datetime.datetime.now().isoformat(timespec='seconds')}"]
     text += [f"{name}: {value}" for name, value in items]
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write("\n".join(text) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(text) + "\n")
 
 
 def plot_history(history, path):
@@ -844,31 +1111,222 @@ def plot_history(history, path):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = f"{path}.partial{os.getpid()}"
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
     plt.close(fig)
 
 
-def mc_dropout(model, enabled=True):
-    """Context for Monte-Carlo sampling with ``model(x, training=True)``.
+# --------------------------------------------------------------------------
+# Monte-Carlo dropout
+# --------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="utrans")
+class MCDropout(layers.Dropout):
+    """Dropout that also samples at inference (Monte-Carlo dropout)."""
 
-    Freezes every BatchNormalization layer for the duration: a frozen BN runs
-    in inference mode even when called with training=True, and its moving
-    statistics are not updated, while Dropout/StochasticDepth stay active.
-    Restores the trainable flags on exit.
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+@keras.saving.register_keras_serializable(package="utrans")
+class MCStochasticDepth(ub.StochasticDepth):
+    """Stochastic depth that also samples at inference."""
+
+    def call(self, x, training=None):
+        return super().call(x, training=True)
+
+
+@keras.saving.register_keras_serializable(package="utrans")
+class MCMultiHeadAttention(layers.MultiHeadAttention):
+    """Multi-head attention whose attention dropout also samples at inference."""
+
+    def call(self, query, value, key=None, **kwargs):
+        kwargs["training"] = True
+        return super().call(query, value, key, **kwargs)
+
+
+_MC_CLASSES = {layers.Dropout: MCDropout, ub.StochasticDepth: MCStochasticDepth,
+               layers.MultiHeadAttention: MCMultiHeadAttention}
+
+
+def mc_sampling_model(model, seed=None):
+    """A copy of ``model`` whose dropout-type layers sample at inference.
+
+    Dropout, StochasticDepth and the attention dropout draw new masks on
+    every call, while BatchNormalization stays in inference mode (the copy is
+    only ever run with ``predict``, so its moving statistics are neither used
+    nor updated from the batch). convF1's closing Dropout, which upstream
+    never applies, stays off. Built once: N samples cost N forward passes of
+    a compiled predict function. ``seed`` fixes every layer's random stream
+    (layer i gets seed + i), so the same seed gives the same samples.
     """
-    import contextlib
+    counter = iter(range(10**6))
 
-    @contextlib.contextmanager
-    def _ctx():
-        bns = [l for l in model._flatten_layers() if isinstance(l, layers.BatchNormalization)]
-        flags = [l.trainable for l in bns]
-        try:
-            if enabled:
-                for layer in bns:
-                    layer.trainable = False
-            yield model
-        finally:
-            for layer, flag in zip(bns, flags):
-                layer.trainable = flag
+    def clone(layer):
+        config = layer.get_config()
+        cls = _MC_CLASSES.get(type(layer))
+        if cls is None or layer.name.startswith(ub.FROZEN_DROPOUT_PREFIX):
+            return layer.__class__.from_config(config)
+        if seed is not None:
+            config["seed"] = int(seed) + next(counter)
+        return cls.from_config(config)
 
-    return _ctx()
+    sampler = keras.models.clone_model(model, clone_function=clone)
+    sampler.set_weights(model.get_weights())
+    return sampler
+
+
+# --------------------------------------------------------------------------
+# Training safety: atomic files, NaN guard, resumable state
+# --------------------------------------------------------------------------
+def atomic_save_weights(model, path):
+    """``model.save_weights`` to a temporary name in the same folder, then rename:
+    a kill at any moment leaves either the old or the new complete file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name[:-len('.weights.h5')]}.partial{os.getpid()}.weights.h5")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_text(path, text):
+    """Write text to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.partial{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the weights (atomically) each time ``monitor`` improves.
+
+    Like ``ModelCheckpoint(save_best_only=True, save_weights_only=True)``
+    with ``{epoch:03d}`` in the name, but a kill during a save never leaves a
+    truncated checkpoint, and its best value can be restored on resume.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=1):
+        super().__init__()
+        self.filepath, self.monitor, self.verbose = filepath, monitor, verbose
+        self.best, self.best_path = math.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or not np.isfinite(current) or current >= self.best:
+            return
+        path = self.filepath.format(epoch=epoch + 1)
+        atomic_save_weights(self.model, path)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5g} to "
+                  f"{current:.5g}; saved {path}")
+        self.best, self.best_path = float(current), path
+
+    def get_state(self):
+        return {"best": self.best, "best_path": self.best_path}
+
+    def set_state(self, state):
+        self.best, self.best_path = state["best"], state["best_path"]
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose wait/best survive a resume."""
+
+    _restored = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._restored:
+            self.wait, self.best = self._restored["wait"], self._restored["best"]
+
+    def get_state(self):
+        best = self.best if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best}
+
+    def set_state(self, state):
+        self._restored = state
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite training loss and remember which traces
+    made that batch, so the run can name them."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+        self.epoch = 0
+        self.bad = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
+            self.bad = {"epoch": self.epoch + 1, "batch": batch + 1,
+                        "traces": list(dict.fromkeys(self.generator.batch_ids(batch)))}
+            self.model.stop_training = True
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Everything a resumed run needs, written at the end of every epoch.
+
+    ``<state_dir>/epoch_XXX.weights.h5`` holds the model and optimizer
+    variables; ``state.json`` the completed epoch count, the history, and the
+    states of the stateful callbacks (plateau factor, early stopping, best
+    checkpoint). Weights are written first and state.json is renamed into
+    place last, so it always points to a complete weights file. The
+    history CSV is rewritten whole (atomically) every epoch.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, state_dir, history_csv, stateful, history=None):
+        super().__init__()
+        self.state_dir, self.history_csv = state_dir, history_csv
+        self.stateful = stateful
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        import pandas as pd
+
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        weights = os.path.join(self.state_dir, f"epoch_{epoch + 1:03d}.weights.h5")
+        atomic_save_weights(self.model, weights)
+        state = {"epochs_done": epoch + 1, "weights": os.path.basename(weights),
+                 "history": self.history,
+                 "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
+        atomic_write_text(os.path.join(self.state_dir, self.STATE), json.dumps(state, indent=1))
+        for old in os.listdir(self.state_dir):   # only this callback's own older snapshots
+            if old.startswith("epoch_") and old != os.path.basename(weights):
+                os.remove(os.path.join(self.state_dir, old))
+        table = pd.DataFrame(self.history)
+        table.insert(0, "epoch", np.arange(len(table)))
+        atomic_write_text(self.history_csv, table.to_csv(index=False))
+
+
+def fit_reporting(model, generators, **fit_kwargs):
+    """``model.fit`` that re-raises a generator's TraceError as itself.
+
+    Errors raised inside the backend's input pipeline come back wrapped (for
+    TensorFlow as an InvalidArgumentError with a traceback in its text); the
+    generator keeps the original, which names the trace.
+    """
+    try:
+        return model.fit(**fit_kwargs)
+    except Exception:
+        for generator in generators:
+            if getattr(generator, "failure", None) is not None:
+                raise generator.failure from None
+        raise
+
+
+def read_training_state(state_dir):
+    """The saved state of an interrupted run, or None if it never finished an epoch."""
+    path = os.path.join(state_dir, TrainingState.STATE)
+    return json.loads(Path(path).read_text()) if os.path.isfile(path) else None

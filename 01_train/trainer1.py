@@ -12,6 +12,7 @@ Writes ``<output_name>_outputs/``: ``models/<output_name>_{epoch:03d}.weights.h5
 never touched: the run stops and asks for another name.
 """
 
+import json
 import os
 import sys
 import time
@@ -66,7 +67,9 @@ def trainer1(input_hdf5=None,
              convmixer_kernel=13,
              convmixer_patch=10,
              seed=None,
-             verbose=1):
+             verbose=1,
+             resume=False,
+             bandpass=False):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters
@@ -127,6 +130,15 @@ def trainer1(input_hdf5=None,
         Seed for weight initialisation, shuffling and augmentation.
     verbose : int
         Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    bandpass : bool
+        Band-pass (1-45 Hz) and taper every trace on reading, as the
+        DataCollected builder did: for training straight from a STEAD
+        ``merge.hdf5`` (costs about 1 ms per trace). Off for DataCollected files.
+    resume : bool
+        Continue the interrupted run in ``<output_name>_outputs/`` from its
+        last completed epoch (model, optimizer, learning-rate schedule, best
+        value, early-stopping count, history), with the parameters saved in
+        its ``run_config.json``.
 
     Returns
     -------
@@ -134,83 +146,144 @@ def trainer1(input_hdf5=None,
         ``output_dir``, ``history`` (dict of lists), ``best_epoch``,
         ``best_loss``, ``best_weights`` (path), ``time_s``.
     """
-    start = time.time()
-    check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mode)
-    output_dir = os.path.abspath(f"{output_name}_outputs")
-    if os.path.exists(output_dir):
-        raise FileExistsError(
-            f"output folder {output_dir} already exists; it is left untouched: "
-            "choose another --output_name (or move the folder away)")
-    train_ids = U.load_ids(input_trainset)
-    valid_ids = U.load_ids(input_validset)
-    for name, ids in (("input_trainset", train_ids), ("input_validset", valid_ids)):
-        U.check_split(input_hdf5, ids, name, max_d=max_d, min_d=min_d, require_labels=True)
-    weights = ub.resolve_foundation_weights(foundation_weights)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-    U.configure_gpus(gpu_limit)
+    scope = dict(locals())
+    return _train({name: scope[name] for name in PARAMETERS})
 
-    common = dict(file_name=input_hdf5, dim=input_dimention, batch_size=batch_size,
-                  norm_mode=normalization_mode, label_type=label_type, max_d=max_d,
-                  min_d=min_d, workers=workers, use_multiprocessing=use_multiprocessing)
+
+PARAMETERS = trainer1.__code__.co_varnames[:trainer1.__code__.co_argcount]
+RUN_CONFIG = "run_config.json"
+
+
+def _resume_parameters(output_dir, params):
+    """The parameters of the interrupted run (they win over the call's, except
+    ``resume``/``verbose``)."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.isdir(output_dir):
+        raise FileNotFoundError(f"--resume: output folder {output_dir} not found; nothing to resume")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: {path} not found; {output_dir} is not a trainer1 run "
+                                "that can be resumed")
+    saved = json.loads(open(path).read())
+    saved["input_dimention"] = tuple(saved["input_dimention"])
+    return {**saved, "resume": True, "verbose": params["verbose"]}
+
+
+def _train(p):
+    start = time.time()
+    output_dir = os.path.abspath(f"{p['output_name']}_outputs")
+    if p["resume"]:
+        p = _resume_parameters(output_dir, p)
+    elif os.path.exists(output_dir):
+        raise FileExistsError(
+            f"output folder {output_dir} already exists; it is left untouched: choose another "
+            "--output_name, move the folder away, or pass --resume to continue that run")
+    check_parameters(p["input_hdf5"], p["batch_size"], p["epochs"], p["patience"], p["max_d"],
+                     p["min_d"], p["mode"])
+    U.check_output_parent(output_dir)
+    train_ids = U.load_ids(p["input_trainset"])
+    valid_ids = U.load_ids(p["input_validset"])
+    for name, ids in (("input_trainset", train_ids), ("input_validset", valid_ids)):
+        U.check_split(p["input_hdf5"], ids, name, max_d=p["max_d"], min_d=p["min_d"],
+                      require_labels=True, dim=p["input_dimention"])
+    state_dir = os.path.join(output_dir, "resume")
+    state = U.read_training_state(state_dir) if p["resume"] else None
+    weights = None if state else ub.resolve_foundation_weights(p["foundation_weights"])
+    seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy % 2**31)
+    keras.utils.set_random_seed(seed)
+    U.configure_gpus(p["gpu_limit"])
+
+    common = dict(file_name=p["input_hdf5"], dim=p["input_dimention"],
+                  batch_size=p["batch_size"], norm_mode=p["normalization_mode"],
+                  label_type=p["label_type"], max_d=p["max_d"], min_d=p["min_d"],
+                  workers=p["workers"], use_multiprocessing=p["use_multiprocessing"],
+                  bandpass=p["bandpass"])
     training_generator = U.DataGenerator(
-        train_ids, shuffle=shuffle, augmentation=augmentation, add_event_r=add_event_r,
-        add_gap_r=add_gap_r, shift_event_r=shift_event_r, add_noise_r=add_noise_r,
-        drop_channe_r=drop_channel_r, scale_amplitude_r=scale_amplitude_r,
-        pre_emphasis=pre_emphasis, seed=seed, **common)
+        train_ids, shuffle=p["shuffle"], augmentation=p["augmentation"],
+        add_event_r=p["add_event_r"], add_gap_r=p["add_gap_r"], shift_event_r=p["shift_event_r"],
+        add_noise_r=p["add_noise_r"], drop_channe_r=p["drop_channel_r"],
+        scale_amplitude_r=p["scale_amplitude_r"], pre_emphasis=p["pre_emphasis"], seed=seed,
+        **common)
     validation_generator = U.DataGenerator(valid_ids, shuffle=False, augmentation=False,
                                            seed=seed, **common)
 
-    head = dict(convmixer_filters=convmixer_filters, convmixer_depth=convmixer_depth,
-                convmixer_kernel=convmixer_kernel, convmixer_patch=convmixer_patch)
-    with U.distribution_scope(multi_gpu, number_of_gpus):
-        model = U.build_location_model(tuple(input_dimention), foundation_weights=weights, **head)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse",
+    head = {k: p[k] for k in U.HEAD_KEYS}
+    with U.distribution_scope(p["multi_gpu"], p["number_of_gpus"]):
+        model = U.build_location_model(tuple(p["input_dimention"]), foundation_weights=weights,
+                                       **head)
+        model.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]), loss="mse",
                       metrics=["mae"])
 
     models_dir = os.path.join(output_dir, "models")
-    os.makedirs(models_dir)
-    U.write_model_config(os.path.join(models_dir, U.MODEL_CONFIG_NAME),
-                         input_dimention=list(input_dimention), max_d=max_d, min_d=min_d,
-                         normalization_mode=normalization_mode, **head)
-    checkpoint = os.path.join(models_dir, f"{os.path.basename(output_name)}_{{epoch:03d}}.weights.h5")
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, save_best_only=True,
-                                        save_weights_only=True, verbose=min(verbose, 1)),
-        U.ScheduleWithPlateau(learning_rate, monitor=monitor, patience=patience - 2,
-                              verbose=min(verbose, 1)),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
-    ]
+    if not p["resume"]:
+        os.makedirs(models_dir)
+        os.makedirs(state_dir)
+        U.atomic_write_text(os.path.join(output_dir, RUN_CONFIG),
+                            json.dumps({**p, "seed": seed}, indent=1, default=list))
+        U.write_model_config(os.path.join(models_dir, U.MODEL_CONFIG_NAME),
+                             input_dimention=list(p["input_dimention"]), max_d=p["max_d"],
+                             min_d=p["min_d"], normalization_mode=p["normalization_mode"],
+                             bandpass=p["bandpass"], **head)
+    name = os.path.basename(p["output_name"])
+    verbose = min(p["verbose"], 1)
+    checkpoint = U.BestCheckpoint(os.path.join(models_dir, f"{name}_{{epoch:03d}}.weights.h5"),
+                                  monitor=p["monitor"], verbose=verbose)
+    schedule = U.ScheduleWithPlateau(p["learning_rate"], monitor=p["monitor"],
+                                     patience=p["patience"] - 2, verbose=verbose)
+    stopping = U.ResumableEarlyStopping(monitor=p["monitor"], patience=p["patience"])
+    nan_guard = U.NaNGuard(training_generator)
+    stateful = {"checkpoint": checkpoint, "schedule": schedule, "early_stopping": stopping}
+    initial_epoch, history = 0, {}
+    if state:
+        # Optimizer variables exist only once built; then the snapshot restores them.
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(state_dir, state["weights"]))
+        for key, callback in stateful.items():
+            callback.set_state(state["callbacks"][key])
+        initial_epoch, history = state["epochs_done"], state["history"]
+        training_generator.set_epoch(initial_epoch)
+        print(f"trainer1: resuming {output_dir} after epoch {initial_epoch}")
+    callbacks = [checkpoint, schedule, stopping, nan_guard, keras.callbacks.TerminateOnNaN(),
+                 U.TrainingState(state_dir, os.path.join(output_dir, "history.csv"), stateful,
+                                 history)]
     print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
-          f"{model.count_params():,} parameters, foundation weights: {ub.weights_provenance(weights)}")
-    history = model.fit(training_generator, validation_data=validation_generator,
-                        epochs=epochs, callbacks=callbacks, verbose=verbose)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    best = int(np.argmin(hist[monitor])) if hist.get(monitor) else None
+          f"{model.count_params():,} parameters, foundation weights: "
+          f"{'from the resumed run' if state else ub.weights_provenance(weights)}")
+    if initial_epoch < p["epochs"]:
+        U.fit_reporting(model, [training_generator, validation_generator],
+                        x=training_generator, validation_data=validation_generator,
+                        epochs=p["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
+                        verbose=p["verbose"])
+    if nan_guard.bad:
+        bad = nan_guard.bad
+        raise U.TraceError(
+            f"training loss became NaN/Inf at epoch {bad['epoch']}, batch {bad['batch']}; "
+            f"traces in that batch: {', '.join(bad['traces'][:10])}"
+            f"{' ...' if len(bad['traces']) > 10 else ''}; training stopped, the last good "
+            f"checkpoint is {checkpoint.best_path or 'none (no epoch completed)'}")
+
+    hist = callbacks[-1].history
+    monitored = hist.get(p["monitor"], [])
+    best = int(np.nanargmin(monitored)) if monitored else None
     result = {
         "output_dir": output_dir, "history": hist,
         "best_epoch": None if best is None else best + 1,
-        "best_loss": None if best is None else hist[monitor][best],
-        "best_weights": None if best is None else checkpoint.format(epoch=best + 1),
+        "best_loss": None if best is None else monitored[best],
+        "best_weights": checkpoint.best_path,
         "time_s": time.time() - start,
     }
-    U.plot_history(hist, os.path.join(output_dir, f"{os.path.basename(output_name)}_loss.png"))
+    U.plot_history(hist, os.path.join(output_dir, f"{name}_loss.png"))
     U.write_report(os.path.join(output_dir, "X_report.txt"), "trainer1", locals_report(
-        locals(), len(train_ids), len(valid_ids), model, weights, result))
-    print(f"trainer1: best {monitor} {result['best_loss']} at epoch {result['best_epoch']}; "
+        {**p, "seed": seed}, len(train_ids), len(valid_ids), model,
+        "restored from the interrupted run" if state else ub.weights_provenance(weights), result))
+    print(f"trainer1: best {p['monitor']} {result['best_loss']} at epoch {result['best_epoch']}; "
           f"weights {result['best_weights']}; {result['time_s']:.0f} s")
     return result
 
 
-PARAMETERS = trainer1.__code__.co_varnames[:trainer1.__code__.co_argcount]
-
-
-def locals_report(scope, n_train, n_valid, model, weights, result):
+def locals_report(scope, n_train, n_valid, model, weights_note, result):
     """The X_report.txt content: every parameter, data sizes, outcome."""
-    lines = [(name, scope[name]) for name in PARAMETERS]
-    lines += [("foundation_weights_used", ub.weights_provenance(weights)),
+    lines = [(name, scope[name]) for name in PARAMETERS if name in scope]
+    lines += [("foundation_weights_used", weights_note),
               ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
               ("n_train_traces", n_train), ("n_valid_traces", n_valid),
               ("n_parameters", model.count_params()),
@@ -241,7 +314,9 @@ def build_parser():
     import argparse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli_common.Formatter)
     f, n = cli_common.float_or_none, argparse.BooleanOptionalAction
-    p.add_argument("--input_hdf5", required=True, help="DataCollected HDF5 file of the traces")
+    p.add_argument("--input_hdf5", required=True,
+                   help="DataCollected HDF5, or a STEAD merge.hdf5/chunkN.hdf5 read directly "
+                        "(see --bandpass)")
     p.add_argument("--input_trainset", default="train_Events.npy", help=".npy of training trace ids")
     p.add_argument("--input_validset", default="valid_Events.npy", help=".npy of validation trace ids")
     p.add_argument("--output_name", default="trainer_outputs",
@@ -285,6 +360,10 @@ def build_parser():
     p.add_argument("--convmixer_patch", type=int, default=10, help="ConvMixer patch size")
     p.add_argument("--seed", type=int, default=None, help="random seed (init, shuffle, augmentation)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+    p.add_argument("--bandpass", action=n, default=False,
+                   help="band-pass 1-45 Hz and taper on reading (for raw STEAD files)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run <output_name>_outputs from its last epoch")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 

@@ -55,6 +55,7 @@ def tester1(input_hdf5=None,
             gpuid=None,
             gpu_limit=None,
             seed=None,
+            bandpass=None,
             verbose=1):
     """Predict the test split and write ``<output_name>_outputs/``.
 
@@ -100,6 +101,9 @@ def tester1(input_hdf5=None,
         As in trainer1 (the command line applies gpuid before import).
     seed : int or None
         Seed of the Monte-Carlo sampling: the same seed gives the same samples.
+    bandpass : bool or None
+        Band-pass and taper on reading (raw STEAD files); None: as in training
+        (model_config.json), else off.
     verbose : int
         0: quiet; 1: progress bar and summary.
 
@@ -123,15 +127,17 @@ def tester1(input_hdf5=None,
                               "choose another --output_name (or move the folder away)")
     if not os.path.isfile(input_model):
         raise FileNotFoundError(f"model weights file not found: {input_model}")
+    U.check_output_parent(output_dir)
 
     cfg = model_settings(input_model, input_dimention=input_dimention, max_d=max_d, min_d=min_d,
-                         normalization_mode=normalization_mode,
+                         normalization_mode=normalization_mode, bandpass=bandpass,
                          convmixer_filters=convmixer_filters, convmixer_depth=convmixer_depth,
                          convmixer_kernel=convmixer_kernel, convmixer_patch=convmixer_patch)
     if not cfg["max_d"] > cfg["min_d"]:
         raise ValueError(f"max_d ({cfg['max_d']}) must be larger than min_d ({cfg['min_d']})")
     test_ids = U.load_ids(input_testset)
-    meta = U.check_split(input_hdf5, test_ids, "input_testset", require_labels=False)
+    meta = U.check_split(input_hdf5, test_ids, "input_testset", max_d=cfg["max_d"],
+                         min_d=cfg["min_d"], require_labels=False, dim=cfg["input_dimention"])
     U.configure_gpus(gpu_limit)
 
     weights = ub.resolve_foundation_weights(foundation_weights) \
@@ -142,7 +148,8 @@ def tester1(input_hdf5=None,
 
     generator = U.DataGeneratorPrediction(test_ids, input_hdf5, dim=cfg["input_dimention"],
                                           batch_size=batch_size,
-                                          norm_mode=cfg["normalization_mode"])
+                                          norm_mode=cfg["normalization_mode"],
+                                          bandpass=cfg["bandpass"])
     n_samples = int(number_of_sampling) if estimate_uncertainty else 1
     pred = predict_samples(model, generator, n_samples, seed=seed, progress=verbose > 0)
     results = results_table(meta, pred, cfg["max_d"], cfg["min_d"])
@@ -174,7 +181,8 @@ def model_settings(input_model, **given):
     model_config.json (trainer1), else the Keras 2 file's shapes, else the
     published defaults."""
     defaults = {"input_dimention": (6000, 3), "max_d": U.MAX_D, "min_d": U.MIN_D,
-                "normalization_mode": "std", "convmixer_filters": 512, "convmixer_depth": 10,
+                "normalization_mode": "std", "bandpass": False,
+                "convmixer_filters": 512, "convmixer_depth": 10,
                 "convmixer_kernel": 13, "convmixer_patch": 10}
     saved = U.read_model_config(input_model)
     if not saved and U.is_legacy_h5(input_model):
@@ -238,7 +246,9 @@ def summarize(results):
 def build_parser():
     import argparse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli_common.Formatter)
-    p.add_argument("--input_hdf5", required=True, help="DataCollected HDF5 file of the traces")
+    p.add_argument("--input_hdf5", required=True,
+                   help="DataCollected HDF5, or a STEAD merge.hdf5/chunkN.hdf5 read directly "
+                        "(see --bandpass)")
     p.add_argument("--input_testset", default="test_Events.npy", help=".npy of test trace ids")
     p.add_argument("--input_model", required=True,
                    help="location weights: trainer1 .weights.h5 or upstream Keras 2 .h5")
@@ -268,6 +278,8 @@ def build_parser():
     p.add_argument("--gpuid", type=int, default=None, help="use only this GPU")
     p.add_argument("--gpu_limit", type=float, default=None, help="fraction of GPU memory to use")
     p.add_argument("--seed", type=int, default=None, help="seed of the Monte-Carlo sampling")
+    p.add_argument("--bandpass", action=argparse.BooleanOptionalAction, default=None,
+                   help="band-pass 1-45 Hz and taper on reading; default: as in training")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1], help="progress bar and summary")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p

@@ -1,0 +1,377 @@
+"""00_data/build_california.py: STEAD -> California DataCollected set and splits."""
+
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PARITY, ROOT, STEAD_SAMPLE, need
+from scipy.signal import butter, sosfiltfilt
+from scipy.signal.windows import tukey
+
+import EqT_utils_Loc_California as U
+import stead_california as sc
+
+CLI = ROOT / "00_data" / "build_california.py"
+SAMPLE_CSV = STEAD_SAMPLE.parent / "metadata.csv"
+UPSTREAM_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth", "magnitude",
+                  "magnitude_type", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
+                  "snr_db", "data_category", "P_polarity", "event_label", "AI_Set")
+
+
+def _sample():
+    return need(STEAD_SAMPLE), need(SAMPLE_CSV)
+
+
+def _build(tmp_path, name, hdf5, csv, **kw):
+    kw.setdefault("progress", False)
+    out = tmp_path / name
+    return sc.build_california(hdf5, csv, out / "CA.hdf5", out, **kw), out
+
+
+def _scipy_reference(raw):
+    """The upstream processing written out with scipy alone (not bandpass_taper)."""
+    sos = butter(2, [1.0, 45.0], btype="bandpass", fs=100.0, output="sos")
+    taper = tukey(6000, alpha=2 * min(0.01 * 6000, 2.0 * 100) / 6000)   # 1 %, at most 2 s
+    return (sosfiltfilt(sos, raw.astype(np.float64), axis=0) * taper[:, None]).astype(np.float32)
+
+
+def _released_pair(tmp_path):
+    """Two STEAD pairs in the released layout (data/<name>) made from the real sample.
+
+    chunk1: 3 noise traces and one earthquake trace that chunk2 repeats.
+    chunk2: 10 Californian sample traces (one with coda_end_sample as [[x]], one
+    with magnitude 'None'), a second station for one event, an event in Nevada,
+    a station in Oregon, an event in Baja California, a NaN trace, a short
+    trace, a CSV row without coordinates and a CSV row whose trace is missing.
+    """
+    raw = h5py.File(need(STEAD_SAMPLE), "r")["earthquake/local"]
+    meta = pd.read_csv(need(SAMPLE_CSV), dtype=str, keep_default_na=False)
+    meta = meta[meta["source_latitude"].astype(float) > 32.6].reset_index(drop=True)
+    chunks = {"chunk1": [], "chunk2": []}
+
+    def add(chunk, base, name, data=None, **changes):
+        row = meta.iloc[base].copy()
+        attrs = dict(raw[row["trace_name"]].attrs)
+        row["trace_name"] = attrs["trace_name"] = name
+        for key, value in changes.items():
+            attrs[key] = _number_or_text(value)
+            row[key] = str(value.ravel()[0]) if isinstance(value, np.ndarray) else value
+        chunks[chunk].append((row, raw[meta.iloc[base]["trace_name"]][()] if data is None
+                              else data, attrs))
+
+    noise_changes = {k: "None" for k in meta.columns if k.startswith("source_") or k in (
+        "p_arrival_sample", "s_arrival_sample", "coda_end_sample", "back_azimuth_deg")}
+    for i in range(3):
+        add("chunk1", i, f"NOI{i}.TA_2010010100000{i}_NO",
+            data=np.random.default_rng(i).standard_normal((6000, 3)).astype(np.float32),
+            trace_category="noise", snr_db="None", **noise_changes)
+    add("chunk1", 0, "DUP.TA_20100101000000_EV")
+    for i in range(10):
+        changes = {}
+        if i == 1:
+            changes["coda_end_sample"] = np.array([[float(meta.iloc[1]["coda_end_sample"])]])
+        if i == 2:
+            changes["source_magnitude"] = "None"
+        add("chunk2", i, meta.iloc[i]["trace_name"], **changes)
+    add("chunk2", 0, "TWO.CI_20060723155859_EV", network_code="CI", receiver_code="TWO",
+        receiver_latitude="34.1", receiver_longitude="-118.2")            # same event, 2nd station
+    add("chunk2", 3, "NEV.NN_1_EV", source_latitude="39.5", source_longitude="-119.8")
+    add("chunk2", 4, "ORE.UO_1_EV", receiver_latitude="44.0", receiver_longitude="-121.0")
+    add("chunk2", 5, "BAJ.BC_1_EV", source_latitude="32.2", source_longitude="-116.5")
+    nan = raw[meta.iloc[6]["trace_name"]][()].copy()
+    nan[100:110, 1] = np.nan
+    add("chunk2", 6, "NAN.TA_1_EV", data=nan)
+    add("chunk2", 7, "SHORT.TA_1_EV", data=raw[meta.iloc[7]["trace_name"]][:5999])
+    add("chunk2", 8, "NOCOORD.TA_1_EV", receiver_latitude="None")
+    add("chunk2", 0, "DUP.TA_20100101000000_EV")
+    paths = {}
+    for chunk, items in chunks.items():
+        h5, csv = tmp_path / f"{chunk}.hdf5", tmp_path / f"{chunk}.csv"
+        with h5py.File(h5, "w") as fh:
+            for row, data, attrs in items:
+                dset = fh.create_dataset(f"data/{row['trace_name']}", data=data)
+                for key, value in attrs.items():
+                    dset.attrs[key] = value
+        rows = pd.DataFrame([r for r, _, _ in items])
+        if chunk == "chunk2":   # listed in the CSV, absent from the HDF5 file
+            ghost = rows.iloc[0].copy()
+            ghost["trace_name"] = "GHOST.TA_1_EV"
+            rows = pd.concat([rows, ghost.to_frame().T])
+        rows.to_csv(csv, index=False)
+        paths[chunk] = (str(h5), str(csv))
+    return paths, [meta.iloc[i]["trace_name"] for i in range(10)]
+
+
+def _number_or_text(value):
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _contents(path):
+    with h5py.File(path, "r") as fh:
+        return {k: (fh[k]["data"][()], {a: np.asarray(v).tolist() for a, v in fh[k].attrs.items()})
+                for k in fh}
+
+
+# ----------------------------------------------------------------------------- region
+def test_region_polygon_and_bbox():
+    places = {"Los Angeles": (34.05, -118.24), "San Diego": (32.72, -117.16),
+              "Santa Cruz Island": (34.0, -119.75), "Cape Mendocino": (40.44, -124.41),
+              "South Lake Tahoe": (38.94, -119.98), "El Centro": (32.79, -115.56),
+              "Reno": (39.53, -119.81), "Las Vegas": (36.17, -115.14), "Tijuana": (32.52, -117.03),
+              "Yuma": (32.69, -114.62), "Ensenada": (31.87, -116.6), "Portland": (45.5, -122.7)}
+    inside = {"Los Angeles", "San Diego", "Santa Cruz Island", "Cape Mendocino",
+              "South Lake Tahoe", "El Centro"}
+    lat, lon = np.array(list(places.values())).T
+    poly = sc.make_region("polygon").contains(lat, lon)
+    assert {p for p, ok in zip(places, poly) if ok} == inside
+    box = sc.make_region("bbox").contains(lat, lon)
+    assert {p for p, ok in zip(places, box) if not ok} == {"Ensenada", "Portland"}
+    custom = sc.make_region("polygon", region=[33, 35, -119, -117])   # overrides the mode
+    assert custom.contains([34.05, 32.72], [-118.24, -117.16]).tolist() == [True, False]
+    assert not sc.make_region().contains(np.nan, -118.0)[0]
+    with pytest.raises(ValueError, match="lat_min < lat_max"):
+        sc.make_region(region=[35, 33, -119, -117])
+
+
+# ----------------------------------------------------------------- attribute mapping
+def test_stead_attributes_map_to_the_upstream_names():
+    ids = np.load(need(PARITY / "collected_50_ids.npy"))
+    reader = U._H5Reader(need(STEAD_SAMPLE))
+    assert reader.layout == U.LAYOUT_STEAD_OLD
+    with h5py.File(need(PARITY / "collected_50.hdf5"), "r") as ref:
+        for cid in ids:
+            name = re.sub(r"_\d{5}_EV$", "_EV", cid)
+            mapped, expected = reader.attrs(name), ref[cid].attrs
+            for key in expected:
+                np.testing.assert_array_equal(mapped[key], expected[key], err_msg=key)
+                assert np.asarray(mapped[key]).dtype == np.asarray(expected[key]).dtype, key
+            assert mapped["source_id"] and mapped["network_code"] == "TA"
+    reader.close()
+
+    odd = {"receiver_latitude": b"33.5", "receiver_longitude": np.float32(-117.0),
+           "source_latitude": "None", "source_longitude": np.nan, "source_depth_km": "",
+           "coda_end_sample": np.array([[2896.0]]), "snr_db": "[56.8 55.4 47.4]",
+           "source_id": 8556349, "trace_category": "noise"}
+    out = U.stead_to_upstream(odd)
+    assert out["station_lat"] == 33.5 and out["station_long"] == np.float32(-117.0)
+    assert out["event_lat"] == out["event_long"] == out["depth"] == out["magnitude"] == "None"
+    assert out["coda_end_sample"] == 2896.0 and np.ndim(out["coda_end_sample"]) == 0
+    np.testing.assert_allclose(out["snr_db"], [56.8, 55.4, 47.4])
+    assert (out["data_category"], out["event_label"], out["AI_Set"], out["P_polarity"]) == \
+        ("noise", 0, "STEAD", "None")
+    assert out["source_id"] == "8556349" and out["trace_start_time"] == "None"
+    assert U.stead_to_upstream({}, category="earthquake_local")["data_category"] == "earthquake"
+    assert set(UPSTREAM_ATTRS) <= set(out)
+
+
+# ---------------------------------------------------- generator reading STEAD directly
+def test_generator_reads_the_older_stead_layout_directly():
+    ids = np.load(need(PARITY / "collected_50_ids.npy"))[:8]
+    names = [re.sub(r"_\d{5}_EV$", "_EV", c) for c in ids]
+    common = dict(batch_size=8, shuffle=False, augmentation=False)
+    x_ref, y_ref = U.DataGenerator(ids, need(PARITY / "collected_50.hdf5"), **common)[0]
+    x, y = U.DataGenerator(names, need(STEAD_SAMPLE), **common)[0]
+    np.testing.assert_array_equal(x, x_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+    xb, _ = U.DataGenerator(names, STEAD_SAMPLE, bandpass=True, **common)[0]
+    with h5py.File(STEAD_SAMPLE, "r") as fh:
+        raw = fh[f"earthquake/local/{names[3]}"][()]
+    np.testing.assert_allclose(xb[3], U.normalize(_scipy_reference(raw)), atol=1e-5)
+    (xp,) = U.DataGeneratorPrediction(names, STEAD_SAMPLE, batch_size=8, bandpass=True)[0]
+    np.testing.assert_array_equal(xp, xb)
+
+    meta = U.check_split(STEAD_SAMPLE, names, "test split")
+    assert np.isfinite(meta[["event_lat", "depth_km", "snr_db", "source_distance_km"]]
+                       .to_numpy(float)).all()
+
+
+def test_generator_reads_the_released_layout_and_rejects_noise(tmp_path):
+    (noise_h5, _), (eq_h5, _) = _released_pair(tmp_path)[0].values()
+    assert U._H5Reader(eq_h5).layout == U.LAYOUT_STEAD
+    names = ["TWO.CI_20060723155859_EV", "NEV.NN_1_EV"]
+    x, y = U.DataGenerator(names, eq_h5, batch_size=2, shuffle=False)[0]
+    assert x.shape == (2, 6000, 3) and np.isfinite(y).all()
+    with pytest.raises(U.TraceError, match="NOI0.TA_20100101000000_NO"):
+        U.check_split(noise_h5, ["NOI0.TA_20100101000000_NO"], "input_trainset")
+    with pytest.raises(U.TraceError, match="not in"):
+        U.read_metadata(eq_h5, ["NOPE_EV"])
+
+
+# ------------------------------------------------------------------------- building
+def test_build_the_real_sample(tmp_path):
+    hdf5, csv = _sample()
+    out, folder = _build(tmp_path, "poly", hdf5, csv)
+    sel = out["selection"]
+    assert (sel["rows_in"], sel["earthquake_local"], sel["outside_region"], sel["selected"]) == \
+        (50, 50, 5, 45)   # 5 events in Baja California
+    assert out["counts"]["written"] == 45 and out["counts"]["events"] == 45
+
+    with h5py.File(STEAD_SAMPLE, "r") as raw, h5py.File(folder / "CA.hdf5", "r") as fh:
+        assert len(fh) == 45
+        for name in list(fh)[:5]:
+            assert fh[name]["data"].dtype == np.float32
+            expect = _scipy_reference(raw[f"earthquake/local/{name}"][()])
+            np.testing.assert_allclose(fh[name]["data"][()], expect, rtol=1e-6, atol=1e-6)
+            attrs = fh[name].attrs
+            assert set(UPSTREAM_ATTRS) <= set(attrs)
+            assert attrs["data_category"] == "earthquake" and attrs["event_label"] == 1
+            stead = raw[f"earthquake/local/{name}"].attrs
+            assert attrs["station_lat"] == stead["receiver_latitude"]
+        ids = set(fh)
+
+    parts = {s: np.load(folder / f"{s}_Events.npy") for s in sc.SPLITS}
+    assert sum(map(len, parts.values())) == 45 and set().union(*map(set, parts.values())) == ids
+    assert [len(p) for p in parts.values()] == [31, 5, 9]   # 70/10/20 of 45 events
+    traces = pd.read_csv(folder / "california_traces.csv", dtype={"source_id": str})
+    assert traces.groupby("source_id")["split"].nunique().max() == 1
+    report = (folder / "build_report.txt").read_text()
+    assert "rows in: 50" in report and "written (rows out): 45" in report and "TA" in report
+
+    box, _ = _build(tmp_path, "box", hdf5, csv, region_mode="bbox", split=(0.5, 0.25, 0.25),
+                    seed=3)
+    assert box["selection"]["selected"] == 48 and box["counts"]["splits"]["train"] == 24
+
+
+def test_select_traces_filters():
+    hdf5, csv = _sample()
+    meta = pd.read_csv(csv)
+    snr = meta["snr_db"].str.strip("[]").str.split(expand=True).astype(float).mean(axis=1)
+    region = sc.make_region("bbox")
+    sel, rej, counts = sc.select_traces([csv], region, min_snr_db=40, max_distance_km=100,
+                                        min_magnitude=3.0, chunk_rows=7)
+    inside = (meta["source_latitude"] >= 32) & (meta["source_latitude"] <= 42)
+    keep = inside & (snr >= 40) & (meta["source_distance_km"] <= 100) & \
+        (meta["source_magnitude"] >= 3.0)
+    assert sel["trace_name"].tolist() == meta.loc[keep, "trace_name"].tolist()
+    assert counts["below_min_snr_db"] == int((inside & (snr < 40)).sum())
+    assert counts["rows_in"] == 50 and rej.empty
+
+
+def test_build_released_layout_selection_skips_and_events(tmp_path):
+    pairs, sample_names = _released_pair(tmp_path)
+    (h1, c1), (h2, c2) = pairs.values()
+    out, folder = _build(tmp_path, "rel", [h1, h2], [c1, c2], split=(0.6, 0.2, 0.2), seed=1)
+    with h5py.File(folder / "CA.hdf5", "r") as fh:
+        written = set(fh)
+        assert fh[sample_names[1]].attrs["coda_end_sample"].shape == ()
+        assert fh[sample_names[2]].attrs["magnitude"] == "None"
+        assert fh["TWO.CI_20060723155859_EV"].attrs["network_code"] == "CI"
+    assert written == set(sample_names) | {"TWO.CI_20060723155859_EV", "DUP.TA_20100101000000_EV"}
+    assert not any(n.startswith(("NOI", "NEV", "ORE", "BAJ")) for n in written)   # noise, outside
+
+    skipped = pd.read_csv(folder / "skipped_traces.csv").set_index("trace_name")
+    kinds = skipped["kind"].to_dict()
+    assert kinds == {"NOCOORD.TA_1_EV": "csv_coordinates", "DUP.TA_20100101000000_EV": "duplicate",
+                     "NAN.TA_1_EV": "nonfinite", "SHORT.TA_1_EV": "shape",
+                     "GHOST.TA_1_EV": "missing"}
+    assert "NaN" in skipped.loc["NAN.TA_1_EV", "reason"]
+    assert skipped.loc["DUP.TA_20100101000000_EV", "input_hdf5"] == h2
+
+    traces = pd.read_csv(folder / "california_traces.csv", dtype={"source_id": str})
+    pair = traces[traces["trace_name"].isin([sample_names[0], "TWO.CI_20060723155859_EV"])]
+    assert len(pair) == 2 and pair["split"].nunique() == 1   # one event, two stations
+    splits = [set(np.load(folder / f"{s}_Events.npy")) for s in sc.SPLITS]
+    assert set().union(*splits) == written and sum(map(len, splits)) == len(written)
+    per_event = traces.groupby("source_id")["split"].nunique()
+    assert per_event.max() == 1
+    table = out["per_network"]
+    assert table.loc["CI", "total"] == 1 and table.loc["total", "total"] == len(written)
+    sel = out["selection"]
+    assert sel["categories"] == {"noise": 3, "earthquake_local": 20}
+    assert sel["outside_region"] == 3 and sel["rows_in_per_file"] == [4, 19]
+
+
+def test_resume_after_an_interruption_matches_a_clean_build(tmp_path, monkeypatch):
+    hdf5, csv = _sample()
+    kw = dict(shard_size=7, seed=4)
+    clean, clean_dir = _build(tmp_path, "clean", hdf5, csv, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, "cut", hdf5, csv, interrupt_after=17, **kw)
+    work = tmp_path / "cut" / "CA.hdf5.partial"
+    assert sorted(p.name for p in work.glob("shard_*.h5")) == ["shard_000000.h5", "shard_000001.h5"]
+    (work / "shard_000002.h5.tmp").write_bytes(b"\x89HDF half written")   # as after a kill
+    assert not (tmp_path / "cut" / "CA.hdf5").exists()
+
+    with pytest.raises(ValueError, match="differs in: seed"):
+        _build(tmp_path, "cut", hdf5, csv, shard_size=7, seed=5)
+    resumed, cut_dir = _build(tmp_path, "cut", hdf5, csv, **kw)
+    assert resumed["shards_resumed"] == 2 and resumed["processed"] == 45 - 14
+    assert not work.exists()
+    a, b = _contents(clean_dir / "CA.hdf5"), _contents(cut_dir / "CA.hdf5")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        assert a[name][1] == b[name][1]
+    for s in sc.SPLITS:
+        np.testing.assert_array_equal(np.load(clean_dir / f"{s}_Events.npy"),
+                                      np.load(cut_dir / f"{s}_Events.npy"))
+
+    # Interrupted while moving the outputs into place: a rerun finishes the moves.
+    real_finish = sc._finish
+    monkeypatch.setattr(sc, "_finish", lambda work, commit: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, "late", hdf5, csv, **kw)
+    monkeypatch.setattr(sc, "_finish", real_finish)
+    done = sc.build_california(hdf5, csv, tmp_path / "late" / "CA.hdf5", tmp_path / "late",
+                               progress=False, **kw)
+    assert set(done) == {"paths"} and (tmp_path / "late" / "test_Events.npy").exists()
+    assert _contents(tmp_path / "late" / "CA.hdf5").keys() == a.keys()
+
+
+def test_bad_inputs_and_existing_outputs(tmp_path):
+    hdf5, csv = _sample()
+    out = tmp_path / "o"
+    with pytest.raises(FileNotFoundError, match="nope.hdf5"):
+        sc.build_california(tmp_path / "nope.hdf5", csv, out / "a.hdf5", out)
+    (tmp_path / "bad.hdf5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="bad.hdf5: not a readable HDF5"):
+        sc.build_california(tmp_path / "bad.hdf5", csv, out / "a.hdf5", out)
+    with pytest.raises(ValueError, match="not a STEAD HDF5"):
+        sc.build_california(need(PARITY / "collected_50.hdf5"), csv, out / "a.hdf5", out)
+    with pytest.raises(ValueError, match="in pairs"):
+        sc.build_california([hdf5, hdf5], csv, out / "a.hdf5", out)
+    pd.read_csv(csv).drop(columns="source_latitude").to_csv(tmp_path / "cut.csv", index=False)
+    with pytest.raises(ValueError, match="cut.csv: .*missing columns: source_latitude"):
+        sc.build_california(hdf5, tmp_path / "cut.csv", out / "a.hdf5", out)
+    with pytest.raises(ValueError, match="no trace selected"):
+        sc.build_california(hdf5, csv, out / "a.hdf5", out, region=[40, 41, -124, -123])
+    assert not (out / "a.hdf5.partial").exists()
+    out.mkdir(exist_ok=True)
+    (out / "valid_Events.npy").write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError, match="valid_Events.npy"):
+        sc.build_california(hdf5, csv, out / "a.hdf5", out)
+    assert (out / "valid_Events.npy").read_bytes() == b"someone else's"
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_line(tmp_path):
+    hdf5, csv = _sample()
+    help_run = _cli("--help", cwd=tmp_path)
+    assert help_run.returncode == 0
+    for option in ("--stead_hdf5", "--region_mode", "--min_snr_db", "--shard_size", "(default: 0)"):
+        assert option in help_run.stdout
+    args = ("--stead_hdf5", hdf5, "--stead_csv", csv, "--output_hdf5", "out/CA.hdf5",
+            "--output_dir", "out", "--no_progress")
+    run = _cli(*args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "written (rows out): 45" in run.stdout and (tmp_path / "out" / "CA.hdf5").is_file()
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0
+    assert "already exists" in again.stderr and "CA.hdf5" in again.stderr
+    missing = _cli("--stead_hdf5", "gone.hdf5", "--stead_csv", csv, "--output_hdf5", "x.hdf5",
+                   "--output_dir", "x", cwd=tmp_path)
+    assert missing.returncode == 2 and "gone.hdf5" in missing.stderr
+    assert "Traceback" not in missing.stderr
