@@ -25,6 +25,7 @@ import trainer1 as tr
 TRAIN = "01_train/trainer1.py"
 TEST = "02_test/tester1.py"
 READ = "03_read/reader.py"
+BUILD = "00_data/build_california.py"
 
 
 def _run(script, args, cwd, timeout=600):
@@ -124,6 +125,9 @@ CASES = [
      ["already exists"]),
     ("reader_missing_folder", READ, lambda n, m: ["--input", "nowhere_outputs"],
      ["nowhere_outputs"]),
+    ("builder_missing_input", BUILD, lambda n, m: [
+        "--stead_hdf5", "absent_merge.hdf5", "--stead_csv", "absent_merge.csv",
+        "--output_hdf5", "built.hdf5", "--output_dir", "built"], ["absent_merge"]),
 ]
 
 
