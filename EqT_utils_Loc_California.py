@@ -168,13 +168,27 @@ def _filter_design(fs, freqmin, freqmax, corners, taper_fraction, max_taper_s, n
     return sos, tukey(n, alpha=min(2.0 * side / n, 1.0))
 
 
-def shift_event(data, coda_end, rate, rng):
-    """With probability ``rate``, circularly shift all channels by n in [1, T - coda_end)."""
+def shift_event(data, coda_end, rate, rng, return_shift=False):
+    """With probability ``rate``, circularly shift all channels by n in [1, T - coda_end).
+
+    With ``return_shift`` also returns n (0 when not shifted).
+    """
     n_samples = data.shape[0]
-    if not np.isfinite(coda_end) or rng.uniform() >= rate:
-        return data
-    nrotate = int(rng.uniform(1, max(n_samples - int(coda_end), 2)))
-    return np.roll(data, nrotate, axis=0)
+    nrotate = 0
+    if np.isfinite(coda_end) and rng.uniform() < rate:
+        nrotate = int(rng.uniform(1, max(n_samples - int(coda_end), 2)))
+        data = np.roll(data, nrotate, axis=0)
+    return (data, nrotate) if return_shift else data
+
+
+def shifted_picks(meta, shift, n_samples):
+    """Picks after a circular shift; a pick that wrapped around becomes NaN
+    (as EQTransformer, so no second event is added on a wrapped trace)."""
+    out = dict(meta)
+    for key in ("p_arrival", "s_arrival", "coda_end"):
+        moved = meta[key] + shift
+        out[key] = moved if moved < n_samples else math.nan
+    return out
 
 
 def add_event(data, p_arrival, s_arrival, coda_end, snr, rate, rng):
@@ -259,7 +273,8 @@ def augment_event(data, meta, rng, *, shift_event_r=None, add_event_r=None,
     of None (or 0) skips that transform. Labels are not touched.
     """
     if shift_event_r:
-        data = shift_event(data, meta["coda_end"], shift_event_r, rng)
+        data, shift = shift_event(data, meta["coda_end"], shift_event_r, rng, return_shift=True)
+        meta = shifted_picks(meta, shift, data.shape[0])
     if add_event_r:
         data = add_event(data, meta["p_arrival"], meta["s_arrival"], meta["coda_end"],
                          meta["snr"], add_event_r, rng)
@@ -710,9 +725,10 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
     """
 
     def __init__(self, base_lr=1e-4, monitor="val_loss", factor=math.sqrt(0.1),
-                 patience=8, min_lr=0.5e-6, verbose=1):
+                 patience=8, min_lr=0.5e-6, min_delta=1e-4, verbose=1):
         super().__init__()
         self.base_lr, self.monitor, self.factor = base_lr, monitor, factor
+        self.min_delta = min_delta   # as keras ReduceLROnPlateau
         self.patience, self.min_lr, self.verbose = max(int(patience), 1), min_lr, verbose
         self.scale, self.best, self.wait = 1.0, math.inf, 0
 
@@ -739,7 +755,7 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
             self.model.optimizer.learning_rate))
         if current is None:
             return
-        if current < self.best:
+        if current < self.best - self.min_delta:
             self.best, self.wait = current, 0
             return
         self.wait += 1
@@ -1063,21 +1079,23 @@ def configure_gpus(gpu_limit=None):
         return
     import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for index, gpu in enumerate(tf.config.list_physical_devices("GPU")):
         if gpu_limit:
-            total_mb = tf.config.experimental.get_device_details(gpu).get("memory_limit_mb")
-            if total_mb is None:
-                total_mb = _nvidia_total_mb()
+            total_mb = _nvidia_total_mb(index)
             tf.config.set_logical_device_configuration(
                 gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(gpu_limit * total_mb))])
         else:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def _nvidia_total_mb():
+def _nvidia_total_mb(index):
+    """Total memory (MB) of the index-th GPU visible to this process."""
     import subprocess
 
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    device = visible[index].strip() if index < len(visible) and visible[index].strip() else str(index)
+    out = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=memory.total",
+                          "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, check=True).stdout
     return float(out.split()[0])
 
@@ -1294,12 +1312,14 @@ class TrainingState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import pandas as pd
 
+        if not all(np.isfinite(float(v)) for k, v in (logs or {}).items() if "loss" in k):
+            return   # a NaN/Inf epoch must not replace the last good snapshot
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         weights = os.path.join(self.state_dir, f"epoch_{epoch + 1:03d}.weights.h5")
         atomic_save_weights(self.model, weights)
         state = {"epochs_done": epoch + 1, "weights": os.path.basename(weights),
-                 "history": self.history,
+                 "stopped_early": bool(self.model.stop_training), "history": self.history,
                  "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
         atomic_write_text(os.path.join(self.state_dir, self.STATE), json.dumps(state, indent=1))
         for old in os.listdir(self.state_dir):   # only this callback's own older snapshots

@@ -133,7 +133,7 @@ def trainer1(input_hdf5=None,
     bandpass : bool
         Band-pass (1-45 Hz) and taper every trace on reading, as the
         DataCollected builder did: for training straight from a STEAD
-        ``merge.hdf5`` (costs about 1 ms per trace). Off for DataCollected files.
+        ``merge.hdf5`` (costs 1-2 ms of CPU per trace read). Off for DataCollected files.
     resume : bool
         Continue the interrupted run in ``<output_name>_outputs/`` from its
         last completed epoch (model, optimizer, learning-rate schedule, best
@@ -156,7 +156,7 @@ RUN_CONFIG = "run_config.json"
 
 def _resume_parameters(output_dir, params):
     """The parameters of the interrupted run (they win over the call's, except
-    ``resume``/``verbose``)."""
+    ``resume``, ``verbose`` and a given ``input_hdf5``)."""
     path = os.path.join(output_dir, RUN_CONFIG)
     if not os.path.isdir(output_dir):
         raise FileNotFoundError(f"--resume: output folder {output_dir} not found; nothing to resume")
@@ -165,7 +165,9 @@ def _resume_parameters(output_dir, params):
                                 "that can be resumed")
     saved = json.loads(open(path).read())
     saved["input_dimention"] = tuple(saved["input_dimention"])
-    return {**saved, "resume": True, "verbose": params["verbose"]}
+    # A moved data file may be given again; every other parameter is the run's own.
+    hdf5 = params["input_hdf5"] or saved["input_hdf5"]
+    return {**saved, "input_hdf5": hdf5, "resume": True, "verbose": params["verbose"]}
 
 
 def _train(p):
@@ -212,6 +214,10 @@ def _train(p):
                                        **head)
         model.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]), loss="mse",
                       metrics=["mae"])
+        if state:
+            # Optimizer variables exist only once built; then the snapshot restores them.
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(state_dir, state["weights"]))
 
     models_dir = os.path.join(output_dir, "models")
     if not p["resume"]:
@@ -234,9 +240,7 @@ def _train(p):
     stateful = {"checkpoint": checkpoint, "schedule": schedule, "early_stopping": stopping}
     initial_epoch, history = 0, {}
     if state:
-        # Optimizer variables exist only once built; then the snapshot restores them.
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(state_dir, state["weights"]))
+        set_aside_interrupted_checkpoints(models_dir, name, state["epochs_done"])
         for key, callback in stateful.items():
             callback.set_state(state["callbacks"][key])
         initial_epoch, history = state["epochs_done"], state["history"]
@@ -248,11 +252,13 @@ def _train(p):
     print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
           f"{model.count_params():,} parameters, foundation weights: "
           f"{'from the resumed run' if state else ub.weights_provenance(weights)}")
-    if initial_epoch < p["epochs"]:
+    if initial_epoch < p["epochs"] and not (state and state.get("stopped_early")):
+        # shuffle=False: the generator shuffles itself each epoch; Keras must not
+        # reorder its batches (the NaN guard maps batch numbers to trace ids).
         U.fit_reporting(model, [training_generator, validation_generator],
                         x=training_generator, validation_data=validation_generator,
                         epochs=p["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
-                        verbose=p["verbose"])
+                        shuffle=False, verbose=p["verbose"])
     if nan_guard.bad:
         bad = nan_guard.bad
         raise U.TraceError(
@@ -278,6 +284,21 @@ def _train(p):
     print(f"trainer1: best {p['monitor']} {result['best_loss']} at epoch {result['best_epoch']}; "
           f"weights {result['best_weights']}; {result['time_s']:.0f} s")
     return result
+
+
+def set_aside_interrupted_checkpoints(models_dir, name, epochs_done):
+    """Rename best-checkpoints written after the last saved state (a kill between
+    the checkpoint and the state): the rerun epoch decides again. Renamed to
+    ``*.interrupted``, never deleted."""
+    import re
+
+    for file in os.listdir(models_dir):
+        match = re.fullmatch(re.escape(name) + r"_(\d+)\.weights\.h5", file)
+        if match and int(match.group(1)) > epochs_done:
+            path = os.path.join(models_dir, file)
+            os.replace(path, path + ".interrupted")
+            print(f"trainer1: {file} was written by the interrupted epoch; renamed to "
+                  f"{file}.interrupted")
 
 
 def locals_report(scope, n_train, n_valid, model, weights_note, result):
@@ -314,9 +335,9 @@ def build_parser():
     import argparse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli_common.Formatter)
     f, n = cli_common.float_or_none, argparse.BooleanOptionalAction
-    p.add_argument("--input_hdf5", required=True,
+    p.add_argument("--input_hdf5", default=None,
                    help="DataCollected HDF5, or a STEAD merge.hdf5/chunkN.hdf5 read directly "
-                        "(see --bandpass)")
+                        "(see --bandpass); required except with --resume")
     p.add_argument("--input_trainset", default="train_Events.npy", help=".npy of training trace ids")
     p.add_argument("--input_validset", default="valid_Events.npy", help=".npy of validation trace ids")
     p.add_argument("--output_name", default="trainer_outputs",

@@ -242,3 +242,17 @@ def test_location_weights_of_another_head_are_refused(tmp_path):
     other = U.build_location_model(convmixer_filters=32, convmixer_depth=2)
     with pytest.raises(Exception, match="small.weights.h5"):
         U.load_location_weights(other, path)
+
+
+def test_picks_follow_the_shift_and_wrapped_picks_are_dropped():
+    meta = {"p_arrival": 1000.0, "s_arrival": 1500.0, "coda_end": 3000.0, "snr": HIGH_SNR}
+    moved = U.shifted_picks(meta, 2500, 6000)
+    assert (moved["p_arrival"], moved["s_arrival"], moved["coda_end"]) == (3500, 4000, 5500)
+    w = _wave()
+    out, shift = U.shift_event(w, 3000, 1.0, rng(4), return_shift=True)
+    np.testing.assert_array_equal(out, np.roll(w, shift, axis=0))
+    # a wrapped pick stops add_event (nothing to copy from a known P onset)
+    wrapped = U.shifted_picks(meta, 5200, 6000)
+    assert math.isnan(wrapped["p_arrival"])
+    assert U.add_event(w, wrapped["p_arrival"], wrapped["s_arrival"], wrapped["coda_end"],
+                       HIGH_SNR, 1.0, rng(0)) is w

@@ -169,15 +169,17 @@ def test_depth_outside_range_is_counted_not_fatal(synthetic, capsys):
 
 # ----------------------------------------------------------------- NaN during training
 def test_nan_loss_stops_training_naming_the_batch(synthetic, tmp_path, monkeypatch):
-    calls = {"n": 0}
+    calls = {"n": 0, "ids": None}
     original = U.DataGenerator.__getitem__
 
     def poisoned(self, index):
         x, y = original(self, index)
-        calls["n"] += 1
-        if self.augmentation and calls["n"] == 3:   # the third training batch
-            y = y.copy()
-            y[0, 0] = np.inf                         # finite input, infinite loss
+        if self.augmentation:
+            calls["n"] += 1
+            if calls["n"] == 3:                      # the third training batch served
+                calls["ids"] = set(self.batch_ids(index))
+                y = y.copy()
+                y[0, 0] = np.inf                     # finite input, infinite loss
         return x, y
 
     monkeypatch.setattr(U.DataGenerator, "__getitem__", poisoned)
@@ -186,8 +188,11 @@ def test_nan_loss_stops_training_naming_the_batch(synthetic, tmp_path, monkeypat
                     input_validset=synthetic["valid"], output_name="nan", batch_size=8,
                     epochs=2, foundation_weights="none", seed=1, verbose=0, workers=1,
                     **SMALL_HEAD)
-    assert "traces in that batch" in str(err.value)
+    named = str(err.value).split("traces in that batch: ")[1].split(";")[0].split(", ")
+    assert set(named) == calls["ids"]                # exactly the poisoned batch's traces
     assert not list((tmp_path / "nan_outputs" / "models").glob("*.weights.h5"))
+    # the NaN epoch did not overwrite the (here: absent) last good resume state
+    assert not (tmp_path / "nan_outputs" / "resume" / "state.json").exists()
 
 
 # ----------------------------------------------------------------- resume and seeds
@@ -220,6 +225,14 @@ def test_kill_during_second_epoch_then_resume(synthetic, tmp_path):
     assert history[["loss", "val_loss"]].notna().all().all()
     assert json.loads(state.read_text())["epochs_done"] == 3
     assert "best_epoch:" in (tmp_path / "k_outputs" / "X_report.txt").read_text()
+
+
+def test_interrupted_best_checkpoint_is_set_aside(tmp_path):
+    for epoch in (1, 2, 3):
+        (tmp_path / f"run_{epoch:03d}.weights.h5").write_bytes(b"w")
+    tr.set_aside_interrupted_checkpoints(str(tmp_path), "run", epochs_done=2)
+    assert sorted(os.listdir(tmp_path)) == ["run_001.weights.h5", "run_002.weights.h5",
+                                            "run_003.weights.h5.interrupted"]
 
 
 def test_resume_without_a_run_is_an_error(tmp_path):
