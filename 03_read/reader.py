@@ -15,6 +15,7 @@ import sys
 # Run from any working directory: loc_metrics lives in the repo root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cli_common  # noqa: E402
 import loc_metrics as lm  # noqa: E402
 
 RESULTS_NAME = 'X_test_results.csv'
@@ -117,16 +118,11 @@ def _parser():
 
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
-    try:
-        res = reader(args.input, args.output_dir, figures=not args.no_figures)
-    except (FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"reader: error: {exc}", file=sys.stderr)
-        return 2
-    _report(res)
-    return 0
+    args = vars(_parser().parse_args(argv))
+    figures = not args.pop('no_figures')
+    return cli_common.run_main(
+        lambda input, output_dir: _report(reader(input, output_dir, figures=figures)),
+        args, 'reader')
 
 
 if __name__ == '__main__':
