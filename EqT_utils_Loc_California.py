@@ -644,10 +644,14 @@ class DataGenerator(keras.utils.PyDataset):
         try:
             return self._batch(index)
         except TraceError as err:
-            # The backend wraps errors raised in its input pipeline; keep the
-            # original so the trainer can report it plainly (see fit_reporting).
+            # Raising inside the backend's input pipeline gets the error wrapped
+            # and can leave its worker threads blocked. Instead remember it and
+            # hand over a NaN batch: the NaN guard stops training, no snapshot
+            # or checkpoint takes the NaN epoch, and fit_reporting raises this.
             self.failure = err
-            raise
+            n = len(self.batch_ids(index))
+            return (np.full((n,) + self.dim, np.nan, np.float32),
+                    np.zeros((n, 3), np.float32))
 
     def _batch(self, index):
         ids = self.batch_ids(index)
@@ -1331,19 +1335,24 @@ class TrainingState(keras.callbacks.Callback):
 
 
 def fit_reporting(model, generators, **fit_kwargs):
-    """``model.fit`` that re-raises a generator's TraceError as itself.
+    """``model.fit``, then raise the TraceError a generator met (it names the trace).
 
-    Errors raised inside the backend's input pipeline come back wrapped (for
-    TensorFlow as an InvalidArgumentError with a traceback in its text); the
-    generator keeps the original, which names the trace.
+    A generator that meets a bad trace records the error and serves a NaN
+    batch (see DataGenerator.__getitem__), so the error surfaces here in the
+    main thread rather than wrapped by the backend's input pipeline.
     """
+    def failure():
+        return next((g.failure for g in generators if getattr(g, "failure", None)), None)
+
     try:
-        return model.fit(**fit_kwargs)
+        history = model.fit(**fit_kwargs)
     except Exception:
-        for generator in generators:
-            if getattr(generator, "failure", None) is not None:
-                raise generator.failure from None
+        if failure() is not None:
+            raise failure() from None
         raise
+    if failure() is not None:
+        raise failure()
+    return history
 
 
 def read_training_state(state_dir):

@@ -396,4 +396,11 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:
+        # A failed fit may leave backend input-pipeline threads behind; do not
+        # let them hold the process at exit (all outputs are already written).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
