@@ -1325,13 +1325,14 @@ class TrainingState(keras.callbacks.Callback):
         state = {"epochs_done": epoch + 1, "weights": os.path.basename(weights),
                  "stopped_early": bool(self.model.stop_training), "history": self.history,
                  "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
+        table = pd.DataFrame(self.history)
+        table.insert(0, "epoch", np.arange(len(table)))
+        atomic_write_text(self.history_csv, table.to_csv(index=False))
+        # state.json last: it commits the epoch once everything it names exists.
         atomic_write_text(os.path.join(self.state_dir, self.STATE), json.dumps(state, indent=1))
         for old in os.listdir(self.state_dir):   # only this callback's own older snapshots
             if old.startswith("epoch_") and old != os.path.basename(weights):
                 os.remove(os.path.join(self.state_dir, old))
-        table = pd.DataFrame(self.history)
-        table.insert(0, "epoch", np.arange(len(table)))
-        atomic_write_text(self.history_csv, table.to_csv(index=False))
 
 
 def fit_reporting(model, generators, **fit_kwargs):

@@ -70,7 +70,8 @@ def bad(synthetic, tmp_path_factory):
         del fh[names["no_lat"]].attrs["event_lat"]
         fh[names["none_depth"]].attrs["depth"] = "None"
     for key, trace in names.items():
-        np.save(work / f"{key}.npy", np.concatenate([[trace], train[5:]]))
+        # 48 ids = 6 full batches of 8: every id is read in the first epoch
+        np.save(work / f"{key}.npy", np.concatenate([[trace], train[5:52]]))
     (work / "existing_outputs").mkdir()
     (work / "existing_outputs" / "result.txt").write_text("an earlier result")
     (work / "a_file").write_text("not a folder")
