@@ -21,10 +21,12 @@ Location target of one trace (UTRANS_SPEC section 1)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -984,6 +986,30 @@ def conv_mixer_head(x, filters=512, depth=10, kernel_size=13, patch_size=10, dro
     return x
 
 
+PRECISION_POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16",
+                      "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def precision_policy(mixed_precision="off"):
+    """Context in which new layers compute in ``mixed_precision``.
+
+    'off': float32; 'bfloat16' / 'float16': Keras mixed precision (variables
+    stay float32, the output layer computes in float32; with 'float16'
+    ``compile`` wraps the optimizer in a LossScaleOptimizer). The global
+    policy is restored on exit.
+    """
+    if mixed_precision not in PRECISION_POLICIES:
+        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISION_POLICIES)}, "
+                         f"got {mixed_precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_location_model(input_shape=(6000, 3), foundation_weights=None,
                          convmixer_filters=512, convmixer_depth=10, convmixer_kernel=13,
                          convmixer_patch=10, dropout=0.1, d1=5, foundation=None):
@@ -1482,6 +1508,33 @@ class NaNGuard(keras.callbacks.Callback):
             self.bad = {"epoch": self.epoch + 1, "batch": batch + 1,
                         "traces": list(dict.fromkeys(self.generator.batch_ids(batch)))}
             self.model.stop_training = True
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Add ``train_time_s`` (the training pass: loading, augmentation and
+    steps, without validation), ``epoch_time_s`` and ``train_traces_per_s`` to
+    each epoch's logs, hence to history.csv. Put it first in the callback list."""
+
+    def __init__(self, traces_per_epoch):
+        super().__init__()
+        self.traces_per_epoch = int(traces_per_epoch)
+        self._start = self._train_end = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._train_end = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self._start is None:
+            return
+        now = time.perf_counter()
+        train = (self._train_end or now) - self._start
+        logs["train_time_s"] = train
+        logs["epoch_time_s"] = now - self._start
+        logs["train_traces_per_s"] = self.traces_per_epoch / train if train > 0 else math.nan
 
 
 class TrainingState(keras.callbacks.Callback):

@@ -48,6 +48,7 @@ def trainer1(input_hdf5=None,
              scale_amplitude_r=None,
              pre_emphasis=False,
              mode="generator",
+             max_preload_gb=U.MAX_PRELOAD_GB,
              batch_size=40,
              epochs=50,
              monitor="val_loss",
@@ -69,7 +70,9 @@ def trainer1(input_hdf5=None,
              seed=None,
              verbose=1,
              resume=False,
-             bandpass=False):
+             bandpass=False,
+             mixed_precision="off",
+             jit_compile=None):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters
@@ -94,8 +97,17 @@ def trainer1(input_hdf5=None,
         Augmentation rates (upstream California: None, 0.99, 0.5, 0.1, None, None).
     pre_emphasis : bool
         Pre-emphasis in the augmentation chain.
-    mode : {'generator'}
-        Data are read from the HDF5 file batch by batch.
+    mode : {'generator', 'pre_load_generator'}
+        'generator': waveforms are read from the HDF5 file batch by batch
+        (memory does not grow with the data set). 'pre_load_generator': the
+        training and validation waveforms are read into memory once (float32,
+        72 kB per trace), then augmented per batch as in 'generator'; for
+        data sets that fit (and raw STEAD files with ``bandpass``, which
+        then filter each trace once instead of every epoch).
+    max_preload_gb : float
+        With 'pre_load_generator', refuse (before reading) when the waveforms
+        would take more than this many GB, or more than 90% of the memory
+        available.
     batch_size : int
         Traces per batch (40).
     epochs : int
@@ -134,6 +146,13 @@ def trainer1(input_hdf5=None,
         Band-pass (1-45 Hz) and taper every trace on reading, as the
         DataCollected builder did: for training straight from a STEAD
         ``merge.hdf5`` (costs 1-2 ms of CPU per trace read). Off for DataCollected files.
+    mixed_precision : {'off', 'bfloat16', 'float16'}
+        Compute precision of the layers ('off': float32). Variables and the
+        output layer stay float32; 'float16' adds dynamic loss scaling.
+        bfloat16 suits recent GPUs (A100, H100) and CPUs with AVX512-BF16.
+    jit_compile : bool or None
+        XLA-compile the train and predict steps; None: Keras' 'auto' (on with
+        a GPU, off on a CPU, where XLA measured slower here).
     resume : bool
         Continue the interrupted run in ``<output_name>_outputs/`` from its
         last completed epoch (model, optimizer, learning-rate schedule, best
@@ -151,6 +170,7 @@ def trainer1(input_hdf5=None,
 
 
 PARAMETERS = trainer1.__code__.co_varnames[:trainer1.__code__.co_argcount]
+DEFAULTS = dict(zip(PARAMETERS, trainer1.__defaults__))
 RUN_CONFIG = "run_config.json"
 
 
@@ -163,7 +183,7 @@ def _resume_parameters(output_dir, params):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: {path} not found; {output_dir} is not a trainer1 run "
                                 "that can be resumed")
-    saved = json.loads(open(path).read())
+    saved = {**DEFAULTS, **json.loads(open(path).read())}  # runs saved before a parameter existed
     saved["input_dimention"] = tuple(saved["input_dimention"])
     # A moved data file may be given again; every other parameter is the run's own.
     hdf5 = params["input_hdf5"] or saved["input_hdf5"]
@@ -180,13 +200,14 @@ def _train(p):
             f"output folder {output_dir} already exists; it is left untouched: choose another "
             "--output_name, move the folder away, or pass --resume to continue that run")
     check_parameters(p["input_hdf5"], p["batch_size"], p["epochs"], p["patience"], p["max_d"],
-                     p["min_d"], p["mode"])
+                     p["min_d"], p["mode"], p["mixed_precision"], p["max_preload_gb"])
     U.check_output_parent(output_dir)
     train_ids = U.load_ids(p["input_trainset"])
     valid_ids = U.load_ids(p["input_validset"])
-    for name, ids in (("input_trainset", train_ids), ("input_validset", valid_ids)):
-        U.check_split(p["input_hdf5"], ids, name, max_d=p["max_d"], min_d=p["min_d"],
-                      require_labels=True, dim=p["input_dimention"])
+    metadata = {name: U.check_split(p["input_hdf5"], ids, name, max_d=p["max_d"],
+                                    min_d=p["min_d"], require_labels=True,
+                                    dim=p["input_dimention"])
+                for name, ids in (("input_trainset", train_ids), ("input_validset", valid_ids))}
     state_dir = os.path.join(output_dir, "resume")
     state = U.read_training_state(state_dir) if p["resume"] else None
     weights = None if state else ub.resolve_foundation_weights(p["foundation_weights"])
@@ -198,22 +219,26 @@ def _train(p):
                   batch_size=p["batch_size"], norm_mode=p["normalization_mode"],
                   label_type=p["label_type"], max_d=p["max_d"], min_d=p["min_d"],
                   workers=p["workers"], use_multiprocessing=p["use_multiprocessing"],
-                  bandpass=p["bandpass"])
+                  bandpass=p["bandpass"], preload=p["mode"] == "pre_load_generator",
+                  max_preload_gb=p["max_preload_gb"])
     training_generator = U.DataGenerator(
         train_ids, shuffle=p["shuffle"], augmentation=p["augmentation"],
         add_event_r=p["add_event_r"], add_gap_r=p["add_gap_r"], shift_event_r=p["shift_event_r"],
         add_noise_r=p["add_noise_r"], drop_channe_r=p["drop_channel_r"],
         scale_amplitude_r=p["scale_amplitude_r"], pre_emphasis=p["pre_emphasis"], seed=seed,
-        **common)
+        metadata=metadata["input_trainset"], **common)
     validation_generator = U.DataGenerator(valid_ids, shuffle=False, augmentation=False,
-                                           seed=seed, **common)
+                                           seed=seed, metadata=metadata["input_validset"],
+                                           **common)
 
     head = {k: p[k] for k in U.HEAD_KEYS}
-    with U.distribution_scope(p["multi_gpu"], p["number_of_gpus"]):
+    with U.distribution_scope(p["multi_gpu"], p["number_of_gpus"]), \
+            U.precision_policy(p["mixed_precision"]):
         model = U.build_location_model(tuple(p["input_dimention"]), foundation_weights=weights,
                                        **head)
         model.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]), loss="mse",
-                      metrics=["mae"])
+                      metrics=["mae"], jit_compile="auto" if p["jit_compile"] is None
+                      else bool(p["jit_compile"]))
         if state:
             # Optimizer variables exist only once built; then the snapshot restores them.
             model.optimizer.build(model.trainable_variables)
@@ -228,7 +253,8 @@ def _train(p):
         U.write_model_config(os.path.join(models_dir, U.MODEL_CONFIG_NAME),
                              input_dimention=list(p["input_dimention"]), max_d=p["max_d"],
                              min_d=p["min_d"], normalization_mode=p["normalization_mode"],
-                             bandpass=p["bandpass"], **head)
+                             bandpass=p["bandpass"], mixed_precision=p["mixed_precision"],
+                             **head)
     name = os.path.basename(p["output_name"])
     verbose = min(p["verbose"], 1)
     checkpoint = U.BestCheckpoint(os.path.join(models_dir, f"{name}_{{epoch:03d}}.weights.h5"),
@@ -246,7 +272,8 @@ def _train(p):
         initial_epoch, history = state["epochs_done"], state["history"]
         training_generator.set_epoch(initial_epoch)
         print(f"trainer1: resuming {output_dir} after epoch {initial_epoch}")
-    callbacks = [checkpoint, schedule, stopping, nan_guard, keras.callbacks.TerminateOnNaN(),
+    timer = U.EpochTimer(len(training_generator) * p["batch_size"])
+    callbacks = [timer, checkpoint, schedule, stopping, nan_guard, keras.callbacks.TerminateOnNaN(),
                  U.TrainingState(state_dir, os.path.join(output_dir, "history.csv"), stateful,
                                  history)]
     print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
@@ -315,7 +342,8 @@ def locals_report(scope, n_train, n_valid, model, weights_note, result):
     return lines
 
 
-def check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mode):
+def check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mode,
+                     mixed_precision="off", max_preload_gb=U.MAX_PRELOAD_GB):
     """Reject impossible settings before any work starts."""
     if not input_hdf5:
         raise ValueError("input_hdf5 is required")
@@ -327,8 +355,16 @@ def check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mod
         raise ValueError(f"patience must be >= 1, got {patience}")
     if not max_d > min_d:
         raise ValueError(f"max_d ({max_d}) must be larger than min_d ({min_d})")
-    if mode != "generator":
-        raise ValueError(f"mode must be 'generator', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "pre_load_generator" and not (max_preload_gb and max_preload_gb > 0):
+        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
+    if mixed_precision not in U.PRECISION_POLICIES:
+        raise ValueError(f"mixed_precision must be one of {', '.join(U.PRECISION_POLICIES)}, "
+                         f"got {mixed_precision!r}")
+
+
+MODES = ("generator", "pre_load_generator")
 
 
 def build_parser():
@@ -357,7 +393,11 @@ def build_parser():
     p.add_argument("--add_gap_r", type=f, default=None, help="rate of zeroed gaps (none: off)")
     p.add_argument("--scale_amplitude_r", type=f, default=None, help="rate of amplitude scaling (none: off)")
     p.add_argument("--pre_emphasis", action=n, default=False, help="pre-emphasis filter in augmentation")
-    p.add_argument("--mode", default="generator", choices=["generator"], help="data feeding mode")
+    p.add_argument("--mode", default="generator", choices=MODES,
+                   help="generator: read batches from the HDF5 file; pre_load_generator: read "
+                        "all waveforms into memory once")
+    p.add_argument("--max_preload_gb", type=float, default=U.MAX_PRELOAD_GB,
+                   help="pre_load_generator refuses to load more than this (GB)")
     p.add_argument("--batch_size", type=int, default=40, help="traces per batch")
     p.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
     p.add_argument("--monitor", default="val_loss", help="quantity monitored for checkpoints and stopping")
@@ -383,6 +423,10 @@ def build_parser():
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
     p.add_argument("--bandpass", action=n, default=False,
                    help="band-pass 1-45 Hz and taper on reading (for raw STEAD files)")
+    p.add_argument("--mixed_precision", default="off", choices=list(U.PRECISION_POLICIES),
+                   help="compute precision (variables and output layer stay float32)")
+    p.add_argument("--jit_compile", action=n, default=None,
+                   help="XLA-compile the steps (default: Keras auto, on with a GPU only)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run <output_name>_outputs from its last epoch")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -1,0 +1,152 @@
+"""Throughput features: the fast generator paths give the same batches, preload
+mode, mixed precision, tester timings and padding, trainer timing columns."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PARITY, ROOT, SMALL_HEAD, need, working_dir
+
+import EqT_utils_Loc_California as U
+import tester1 as te
+import trainer1 as t1
+
+CALIFORNIA = dict(augmentation=True, shift_event_r=0.99, add_noise_r=0.5, drop_channe_r=0.1)
+
+
+def _batches(gen, n=4):
+    return [gen[i] for i in range(min(n, len(gen)))]
+
+
+def test_metadata_table_and_preload_give_the_same_batches(synthetic):
+    ids = np.load(synthetic["train"])
+    meta = U.read_metadata(synthetic["hdf5"], ids)
+    kw = dict(batch_size=8, seed=11, **CALIFORNIA)
+    lazy = _batches(U.DataGenerator(ids, synthetic["hdf5"], **kw))
+    for other in (U.DataGenerator(ids, synthetic["hdf5"], metadata=meta, **kw),
+                  U.DataGenerator(ids, synthetic["hdf5"], preload=True, **kw)):
+        for (xa, ya), (xb, yb) in zip(lazy, _batches(other)):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    # the labels equal the per-trace attribute path
+    gen = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, shuffle=False, metadata=meta)
+    import h5py
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        expected = np.stack([U.location_label(fh[t].attrs, t) for t in ids[:8]])
+    np.testing.assert_array_equal(gen[0][1], expected)
+
+
+def test_second_half_is_augmented_from_the_same_raw_traces(synthetic):
+    ids = np.load(synthetic["train"])
+    gen = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=2, augmentation=True)
+    x, y = gen[0]        # every rate off: both halves are the plain normalised traces
+    np.testing.assert_array_equal(x[:4], x[4:])
+    np.testing.assert_array_equal(y[:4], y[4:])
+
+
+def test_preload_refuses_over_the_limit_naming_file_and_size(synthetic):
+    ids = np.load(synthetic["train"])
+    with pytest.raises(ValueError, match=r"syn\.hdf5 needs 0\.\d+ GB, more than max_preload_gb"):
+        U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, preload=True, max_preload_gb=0.001)
+    assert U.preload_size_gb(1000, (6000, 3)) == pytest.approx(0.072)
+
+
+def test_preload_names_a_nan_trace_before_training(synthetic, tmp_path):
+    import shutil
+
+    import h5py
+    ids = np.load(synthetic["train"])
+    broken = tmp_path / "nan.hdf5"
+    shutil.copy(synthetic["hdf5"], broken)
+    with h5py.File(broken, "r+") as fh:
+        fh[ids[3]]["data"][10, 0] = np.inf
+    with pytest.raises(U.TraceError, match=f"'{ids[3]}'.*NaN/Inf"):
+        U.DataGenerator(ids, broken, batch_size=8, preload=True)
+
+
+def test_trainer_preload_mode_and_timing_columns(synthetic, tmp_path):
+    with working_dir(tmp_path):
+        result = t1.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+                             input_validset=synthetic["valid"], output_name="pre",
+                             mode="pre_load_generator", batch_size=8, epochs=1,
+                             foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
+        with pytest.raises(ValueError, match="max_preload_gb=0.0001"):
+            t1.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+                        input_validset=synthetic["valid"], output_name="pre2",
+                        mode="pre_load_generator", max_preload_gb=0.0001, batch_size=8,
+                        epochs=1, foundation_weights="none", verbose=0, **SMALL_HEAD)
+    history = pd.read_csv(os.path.join(result["output_dir"], "history.csv"))
+    row = history.iloc[0]
+    assert 0 < row["train_time_s"] <= row["epoch_time_s"]
+    # traces through the model: with augmentation each id appears twice per epoch
+    n_train = 2 * (len(np.load(synthetic["train"])) // 8) * 8
+    assert row["train_traces_per_s"] == pytest.approx(n_train / row["train_time_s"])
+    assert "mode: pre_load_generator" in open(os.path.join(result["output_dir"],
+                                                           "X_report.txt")).read()
+
+
+def test_bfloat16_predictions_within_1e_2_of_float32():
+    """Same weights (the upstream location checkpoint), 50 real traces."""
+    ckpt = need(PARITY / "location_ckpt_keras2.h5")
+    x = np.load(need(PARITY / "location_ref.npz"))["x"]
+    head = U.infer_head_from_legacy_h5(ckpt)
+    pred = {}
+    for precision in ("off", "bfloat16"):
+        with U.precision_policy(precision):
+            model = U.build_location_model(**head)
+        U.load_location_weights(model, ckpt)
+        assert model.get_layer("output_layer").compute_dtype == "float32"
+        assert model.layers[-2].compute_dtype == ("float32" if precision == "off" else "bfloat16")
+        pred[precision] = np.asarray(model.predict(x, batch_size=25, verbose=0))
+    assert keras.config.dtype_policy().name == "float32"        # policy restored
+    assert pred["bfloat16"].dtype == np.float32
+    diff = pred["bfloat16"] - pred["off"]
+    assert 0 < np.linalg.norm(diff) / np.linalg.norm(pred["off"]) < 1e-2
+    with pytest.raises(ValueError, match="mixed_precision"):
+        with U.precision_policy("fp8"):
+            pass
+
+
+def test_float16_training_uses_loss_scaling(synthetic):
+    ids = np.load(synthetic["train"])
+    x, y = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0)[0]
+    with U.precision_policy("float16"):
+        model = U.build_location_model(**SMALL_HEAD)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    losses = [float(np.asarray(model.train_on_batch(x, y))) for _ in range(3)]
+    assert np.isfinite(losses).all()
+
+
+def test_tester_pads_the_last_batch_and_reports_timings(trained, synthetic, tmp_path):
+    ids = np.load(synthetic["test"])[:13]
+    model = U.build_location_model(**SMALL_HEAD)
+    U.load_location_weights(model, trained["best_weights"])
+    whole = np.asarray(model.predict_on_batch(U.DataGeneratorPrediction(
+        ids, synthetic["hdf5"], batch_size=13)[0][0]))
+    timings = {}
+    padded = te.predict_samples(model, U.DataGeneratorPrediction(ids, synthetic["hdf5"],
+                                                                 batch_size=5),
+                                progress=False, timings=timings)
+    assert padded.shape == (13, 3)
+    np.testing.assert_allclose(padded, whole, rtol=1e-5, atol=1e-6)
+    assert timings["compile_s"] > 0 and timings["predict_s"] > 0
+    np.save(tmp_path / "test.npy", ids)
+    with working_dir(tmp_path):
+        out = te.tester1(input_hdf5=synthetic["hdf5"], input_testset=str(tmp_path / "test.npy"),
+                         input_model=trained["best_weights"], output_name="timed", batch_size=5,
+                         verbose=0)
+    report = open(os.path.join(out["output_dir"], "X_report.txt")).read()
+    for key in ("time_setup_s:", "time_compile_s:", "time_predict_s:", "time_write_s:",
+                "traces_per_s_after_setup:"):
+        assert key in report
+
+
+def test_benchmark_help_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--precision" in out.stdout and "(a)" in out.stdout
