@@ -430,9 +430,6 @@ class _MemoryReader:
         out[...] = self.data[row]
         return out
 
-    def waveform(self, trace_id, dim):
-        return self.read_into(trace_id, np.empty(tuple(dim), dtype=np.float32))
-
     def attrs(self, trace_id):
         return self.source.attrs(trace_id)
 
@@ -632,15 +629,6 @@ def trace_meta(attrs):
 # --------------------------------------------------------------------------
 # Data generators
 # --------------------------------------------------------------------------
-def finite_waveform(reader, trace_id, dim):
-    """A trace's waveform; NaN/Inf samples are an error naming the trace."""
-    data = reader.waveform(trace_id, dim)
-    if not np.isfinite(data).all():
-        raise TraceError(f"trace '{trace_id}' in {reader.file_name} has NaN/Inf samples; "
-                         "remove it from the split (or repair the file)")
-    return data
-
-
 def check_finite(x, ids, file_name):
     """Raise TraceError naming the first trace of batch ``x`` with NaN/Inf values."""
     finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)

@@ -291,7 +291,7 @@ ROWS = [("a_generator_traces_per_s", "(a) DataGenerator, one core", "traces/s", 
 
 
 def format_table(results, args):
-    lines = [f"| measurement | value | unit | target |", "|---|---:|---|---|"]
+    lines = ["| measurement | value | unit | target |", "|---|---:|---|---|"]
     for key, label, unit, target in ROWS:
         if key in results:
             value = results[key]
