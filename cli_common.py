@@ -32,17 +32,26 @@ def prepare_environment(argv=None):
     ``--gpuid N`` restricts the process to GPU N (CUDA_VISIBLE_DEVICES), and
     ``--gpu_limit F`` caps the fraction of GPU memory JAX pre-allocates
     (TensorFlow applies it after import, see EqT_utils configure_gpus).
+    ``--multi_gpu`` adds ``--xla_force_host_platform_device_count=<number_of_gpus>``
+    to XLA_FLAGS: JAX reads it once, when it starts, to split the CPU into
+    that many devices where there is no GPU (it does not touch GPUs).
     TensorFlow's info logs are silenced unless TF_CPP_MIN_LOG_LEVEL is set.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--gpuid", type=int, default=None)
     pre.add_argument("--gpu_limit", type=float, default=None)
+    pre.add_argument("--multi_gpu", action=argparse.BooleanOptionalAction, default=False)
+    pre.add_argument("--number_of_gpus", type=int, default=4)  # trainer1's default
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if known.gpuid is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(known.gpuid)
-    if known.gpu_limit is not None:
+    if known.gpu_limit is not None and 0 < known.gpu_limit <= 1:  # else configure_gpus says why
         os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(known.gpu_limit)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if known.multi_gpu and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={max(known.number_of_gpus, 1)}".strip())
 
 
 def run_main(func, args, prog):

@@ -213,7 +213,7 @@ def _train(p):
     weights = None if state else ub.resolve_foundation_weights(p["foundation_weights"])
     seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy % 2**31)
     keras.utils.set_random_seed(seed)
-    U.configure_gpus(p["gpu_limit"])
+    U.configure_gpus(p["gpu_limit"], p["gpuid"], p["multi_gpu"], p["number_of_gpus"])
 
     common = dict(file_name=p["input_hdf5"], dim=p["input_dimention"],
                   batch_size=p["batch_size"], norm_mode=p["normalization_mode"],
@@ -277,7 +277,7 @@ def _train(p):
                  U.TrainingState(state_dir, os.path.join(output_dir, "history.csv"), stateful,
                                  history)]
     print(f"trainer1: {len(train_ids)} training / {len(valid_ids)} validation traces, "
-          f"{model.count_params():,} parameters, foundation weights: "
+          f"{model.count_params():,} parameters, {U.replica_count(model)} replica(s), foundation weights: "
           f"{'from the resumed run' if state else ub.weights_provenance(weights)}")
     if initial_epoch < p["epochs"] and not (state and state.get("stopped_early")):
         # shuffle=False: the generator shuffles itself each epoch; Keras must not

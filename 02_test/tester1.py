@@ -146,7 +146,7 @@ def tester1(input_hdf5=None,
     test_ids = U.load_ids(input_testset)
     meta = U.check_split(input_hdf5, test_ids, "input_testset", max_d=cfg["max_d"],
                          min_d=cfg["min_d"], require_labels=False, dim=cfg["input_dimention"])
-    U.configure_gpus(gpu_limit)
+    U.configure_gpus(gpu_limit, gpuid)
 
     weights = ub.resolve_foundation_weights(foundation_weights) \
         if str(foundation_weights).lower() != "none" else None
