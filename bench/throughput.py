@@ -150,13 +150,26 @@ def _block(out):
     np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
 
 
-def run_measured(cmd, log_path):
-    """Run a command; return (exit status, peak RSS in MB) from its own rusage."""
+def run_measured(cmd, log_path, poll_s=0.2):
+    """Run a command; return (exit status, its peak RSS in MB).
+
+    The peak is the child's own VmHWM (/proc/<pid>/status), read every
+    ``poll_s`` until it exits: the rusage of a child started from this big
+    process would include the memory of the fork made before exec.
+    """
+    peak_kb = 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peak_kb = max(peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(poll_s)
+    return proc.returncode, peak_kb / 1024
 
 
 def trainer_cmd(data, out_name, args, head, epochs):
