@@ -370,7 +370,8 @@ class _H5Reader:
 
     def _dataset_paths(self, trace_id):
         if self.layout == LAYOUT_COLLECTED:
-            return (f"{trace_id}/data".encode(),)
+            # A group with a 'data' dataset, or (older files) a dataset named by the id.
+            return (f"{trace_id}/data".encode(), trace_id.encode())
         return tuple(path.encode() for path in self._paths(trace_id))
 
     def read_into(self, trace_id, out):
@@ -418,7 +419,7 @@ class _H5Reader:
                 "_fh": None, "_pid": None, "_layout": None}
 
 
-MAX_PRELOAD_GB = 8.0
+MAX_PRELOAD_GB = 12.0     # the California training + validation sets (~8.7 GB) fit
 
 
 class _MemoryReader:
@@ -454,22 +455,62 @@ def preload_size_gb(n_traces, dim):
 
 
 def available_memory_gb():
-    """MemAvailable of this machine in GB (None where /proc/meminfo is absent)."""
+    """Memory this process may still take, in GB: the machine's MemAvailable,
+    or less where a cgroup (container) memory limit leaves less; None where
+    neither can be read."""
+    free = []
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 / 1e9
+                    free.append(int(line.split()[1]) * 1024 / 1e9)
     except OSError:
         pass
-    return None
+    # cgroup v2, then v1: a container's limit is below the host's MemAvailable.
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as fh:
+                limit = fh.read().strip()
+            with open(usage_file) as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:     # "max" or a huge v1 value: no limit
+            free.append(max(int(limit) - usage, 0) / 1e9)
+        break
+    return min(free) if free else None
+
+
+def check_preload(n_traces, dim, max_preload_gb, what):
+    """Refuse (ValueError) to preload ``n_traces`` waveforms of shape ``dim``
+    when they exceed ``max_preload_gb`` or 90% of :func:`available_memory_gb`.
+
+    ``what`` names the data in the message (file and splits). Returns the GB needed.
+    """
+    if max_preload_gb is None or not max_preload_gb > 0:
+        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
+    need = preload_size_gb(n_traces, dim)
+    if need > max_preload_gb:
+        raise ValueError(
+            f"preloading {n_traces} traces of {tuple(dim)} ({what}) needs {need:.2f} GB, more "
+            f"than max_preload_gb={max_preload_gb:g}: use mode='generator' (reads batch by "
+            "batch) or raise --max_preload_gb")
+    free = available_memory_gb()
+    if free is not None and need > 0.9 * free:
+        raise ValueError(
+            f"preloading {n_traces} traces ({what}) needs {need:.2f} GB but only {free:.2f} GB "
+            "of memory is available: use mode='generator'")
+    return need
 
 
 def preload_waveforms(reader, ids, dim, max_preload_gb=MAX_PRELOAD_GB):
     """Read the waveforms of ``ids`` into memory once (upstream ``pre_load_generator``).
 
     Refuses with a ValueError, before reading anything, when the estimate
-    exceeds ``max_preload_gb`` or the memory available now.
+    exceeds ``max_preload_gb`` or the memory available now
+    (:func:`check_preload`). On any error the file is closed.
 
     Returns
     -------
@@ -479,23 +520,16 @@ def preload_waveforms(reader, ids, dim, max_preload_gb=MAX_PRELOAD_GB):
     from tqdm import tqdm
 
     ids = list(dict.fromkeys(np.asarray(ids).astype(str)))   # unique, in order
-    need = preload_size_gb(len(ids), dim)
-    if max_preload_gb is None or not max_preload_gb > 0:
-        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
-    if need > max_preload_gb:
-        raise ValueError(
-            f"preloading {len(ids)} traces of {tuple(dim)} from {reader.file_name} needs "
-            f"{need:.2f} GB, more than max_preload_gb={max_preload_gb:g}: use "
-            "mode='generator' (reads batch by batch) or raise --max_preload_gb")
-    free = available_memory_gb()
-    if free is not None and need > 0.9 * free:
-        raise ValueError(
-            f"preloading {len(ids)} traces from {reader.file_name} needs {need:.2f} GB but "
-            f"only {free:.2f} GB of memory is available: use mode='generator'")
-    data = np.empty((len(ids),) + tuple(dim), dtype=np.float32)
-    for i, trace_id in enumerate(tqdm(ids, desc="preload", unit="trace", disable=None,
-                                      mininterval=2.0)):
-        check_finite(reader.read_into(trace_id, data[i])[None], [trace_id], reader.file_name)
+    try:
+        check_preload(len(ids), dim, max_preload_gb, reader.file_name)
+        data = np.empty((len(ids),) + tuple(dim), dtype=np.float32)
+        for i, trace_id in enumerate(tqdm(ids, desc="preload", unit="trace", disable=None,
+                                          mininterval=2.0)):
+            check_finite(reader.read_into(trace_id, data[i])[None], [trace_id],
+                         reader.file_name)
+    except BaseException:
+        reader.close()
+        raise
     return _MemoryReader(reader, ids, data)
 
 

@@ -105,9 +105,9 @@ def trainer1(input_hdf5=None,
         data sets that fit (and raw STEAD files with ``bandpass``, which
         then filter each trace once instead of every epoch).
     max_preload_gb : float
-        With 'pre_load_generator', refuse (before reading) when the waveforms
-        would take more than this many GB, or more than 90% of the memory
-        available.
+        With 'pre_load_generator', refuse (before reading) when the training
+        and validation waveforms together would take more than this many GB,
+        or more than 90% of the memory available.
     batch_size : int
         Traces per batch (40).
     epochs : int
@@ -151,8 +151,9 @@ def trainer1(input_hdf5=None,
         output layer stay float32; 'float16' adds dynamic loss scaling.
         bfloat16 suits recent GPUs (A100, H100) and CPUs with AVX512-BF16.
     jit_compile : bool or None
-        XLA-compile the train and predict steps; None: Keras' 'auto' (on with
-        a GPU, off on a CPU, where XLA measured slower here).
+        XLA-compile the train and predict steps; None: Keras' 'auto' (TensorFlow:
+        on with a GPU, off on a CPU, where XLA measured slower here, and under
+        ``multi_gpu``; JAX: always on).
     resume : bool
         Continue the interrupted run in ``<output_name>_outputs/`` from its
         last completed epoch (model, optimizer, learning-rate schedule, best
@@ -214,6 +215,10 @@ def _train(p):
     seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy % 2**31)
     keras.utils.set_random_seed(seed)
     U.configure_gpus(p["gpu_limit"], p["gpuid"], p["multi_gpu"], p["number_of_gpus"])
+    if p["mode"] == "pre_load_generator":
+        # Both splits together, before either is read: each generator checks only its own.
+        U.check_preload(len(set(train_ids)) + len(set(valid_ids)), p["input_dimention"],
+                        p["max_preload_gb"], f"{p['input_hdf5']}, training and validation sets")
 
     common = dict(file_name=p["input_hdf5"], dim=p["input_dimention"],
                   batch_size=p["batch_size"], norm_mode=p["normalization_mode"],
@@ -426,7 +431,8 @@ def build_parser():
     p.add_argument("--mixed_precision", default="off", choices=list(U.PRECISION_POLICIES),
                    help="compute precision (variables and output layer stay float32)")
     p.add_argument("--jit_compile", action=n, default=None,
-                   help="XLA-compile the steps (default: Keras auto, on with a GPU only)")
+                   help="XLA-compile the steps (default: Keras auto: on a single TensorFlow "
+                        "GPU, always on JAX)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run <output_name>_outputs from its last epoch")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -49,14 +49,15 @@ def build_parser():
                    help="folder for the synthetic files (reused) and the runs")
     p.add_argument("--n_small", type=int, default=2000, help="traces in the small file")
     p.add_argument("--n_large", type=int, default=20000,
-                   help="traces in the large file (peak-RSS comparison only)")
+                   help="traces in the large file (peak RSS (f) and tester1 end to end (e))")
     p.add_argument("--batch_size", type=int, default=40, help="traces per batch")
     p.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
                    choices=["tensorflow", "jax"], help="Keras backend")
     p.add_argument("--precision", default="off", choices=["off", "bfloat16", "float16"],
                    help="mixed precision of the model")
     p.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="XLA compilation (default: Keras auto, on with a GPU only)")
+                   help="XLA compilation (default: Keras auto: on a single TensorFlow GPU, "
+                        "always on JAX)")
     p.add_argument("--head", default="published", choices=list(HEADS),
                    help="ConvMixer head: published 512x10 or small 64x4")
     p.add_argument("--steps", type=int, default=20, help="timed steps for (b) and (d)")
