@@ -483,14 +483,19 @@ def available_memory_gb():
     return min(free) if free else None
 
 
+def check_max_preload_gb(max_preload_gb):
+    """ValueError unless ``max_preload_gb`` is a positive number."""
+    if max_preload_gb is None or not max_preload_gb > 0:
+        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
+
+
 def check_preload(n_traces, dim, max_preload_gb, what):
     """Refuse (ValueError) to preload ``n_traces`` waveforms of shape ``dim``
     when they exceed ``max_preload_gb`` or 90% of :func:`available_memory_gb`.
 
     ``what`` names the data in the message (file and splits). Returns the GB needed.
     """
-    if max_preload_gb is None or not max_preload_gb > 0:
-        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
+    check_max_preload_gb(max_preload_gb)
     need = preload_size_gb(n_traces, dim)
     if need > max_preload_gb:
         raise ValueError(
@@ -705,9 +710,9 @@ class TraceInfo:
     def _fill(self, metadata):
         table = metadata.drop_duplicates("trace_name").set_index("trace_name")
         rows = table.reindex(self.ids)
-        present = rows["station_lat"].notna().to_numpy()
         if "snr_db_min" not in rows:
             return
+        present = rows["station_lat"].notna().to_numpy()
         self.labels[:] = np.stack([
             rows["station_lat"] - rows["event_lat"], rows["station_lon"] - rows["event_lon"],
             depth_to_label(rows["depth_km"].to_numpy(float), self.max_d, self.min_d)], axis=1)
@@ -1023,6 +1028,13 @@ PRECISION_POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16",
                       "float16": "mixed_float16"}
 
 
+def check_mixed_precision(mixed_precision):
+    """ValueError unless ``mixed_precision`` is a key of :data:`PRECISION_POLICIES`."""
+    if mixed_precision not in PRECISION_POLICIES:
+        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISION_POLICIES)}, "
+                         f"got {mixed_precision!r}")
+
+
 @contextlib.contextmanager
 def precision_policy(mixed_precision="off"):
     """Context in which new layers compute in ``mixed_precision``.
@@ -1032,9 +1044,7 @@ def precision_policy(mixed_precision="off"):
     ``compile`` wraps the optimizer in a LossScaleOptimizer). The global
     policy is restored on exit.
     """
-    if mixed_precision not in PRECISION_POLICIES:
-        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISION_POLICIES)}, "
-                         f"got {mixed_precision!r}")
+    check_mixed_precision(mixed_precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
     try:
@@ -1330,8 +1340,6 @@ def distribution_scope(multi_gpu=False, number_of_gpus=1):
     :func:`configure_gpus` with the same ``multi_gpu`` and ``number_of_gpus``
     first.
     """
-    import contextlib
-
     if not multi_gpu:
         return contextlib.nullcontext()
     _check_number_of_gpus(number_of_gpus)

@@ -362,11 +362,9 @@ def check_parameters(input_hdf5, batch_size, epochs, patience, max_d, min_d, mod
         raise ValueError(f"max_d ({max_d}) must be larger than min_d ({min_d})")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "pre_load_generator" and not (max_preload_gb and max_preload_gb > 0):
-        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
-    if mixed_precision not in U.PRECISION_POLICIES:
-        raise ValueError(f"mixed_precision must be one of {', '.join(U.PRECISION_POLICIES)}, "
-                         f"got {mixed_precision!r}")
+    if mode == "pre_load_generator":
+        U.check_max_preload_gb(max_preload_gb)
+    U.check_mixed_precision(mixed_precision)
 
 
 MODES = ("generator", "pre_load_generator")

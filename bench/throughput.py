@@ -153,7 +153,7 @@ def _block(out):
 
 
 def run_measured(cmd, log_path, poll_s=0.2):
-    """Run a command; return (exit status, its peak RSS in MB).
+    """Run a command; return its peak RSS in MB (RuntimeError naming the log if it fails).
 
     The peak is the child's own VmHWM (/proc/<pid>/status), read every
     ``poll_s`` until it exits: the rusage of a child started from this big
@@ -171,7 +171,10 @@ def run_measured(cmd, log_path, poll_s=0.2):
             except (OSError, ValueError):
                 pass
             time.sleep(poll_s)
-    return proc.returncode, peak_kb / 1024
+    if proc.returncode:
+        raise RuntimeError(f"{Path(cmd[1]).stem} failed (status {proc.returncode}); "
+                           f"see {log_path}")
+    return peak_kb / 1024
 
 
 def trainer_cmd(data, out_name, args, head, epochs):
@@ -195,13 +198,10 @@ def trainer_rate(data, run_dir, args, head):
     import pandas as pd
 
     out = run_dir / "c_train"
-    status, rss = run_measured(trainer_cmd(data, str(out), args, head, args.epochs),
-                               run_dir / "c_train.log")
-    if status:
-        raise RuntimeError(f"trainer1 failed (status {status}); see {run_dir / 'c_train.log'}")
+    run_measured(trainer_cmd(data, str(out), args, head, args.epochs), run_dir / "c_train.log")
     history = pd.read_csv(f"{out}_outputs/history.csv")
     checkpoint = sorted(Path(f"{out}_outputs/models").glob("*.weights.h5"))[-1]
-    return float(history["train_traces_per_s"].iloc[-1]), str(checkpoint), rss
+    return float(history["train_traces_per_s"].iloc[-1]), str(checkpoint)
 
 
 def tester_rate(data, run_dir, args, checkpoint):
@@ -211,9 +211,7 @@ def tester_rate(data, run_dir, args, checkpoint):
            "--input_testset", data["test"], "--input_model", checkpoint,
            "--output_name", str(out), "--batch_size", str(args.batch_size),
            "--mixed_precision", args.precision, "--verbose", "0"]
-    status, _ = run_measured(cmd, run_dir / "e_test.log")
-    if status:
-        raise RuntimeError(f"tester1 failed (status {status}); see {run_dir / 'e_test.log'}")
+    run_measured(cmd, run_dir / "e_test.log")
     report = dict(line.split(": ", 1) for line in
                   Path(f"{out}_outputs/X_report.txt").read_text().splitlines() if ": " in line)
     return float(report["traces_per_s_after_setup"])
@@ -222,11 +220,8 @@ def tester_rate(data, run_dir, args, checkpoint):
 def peak_rss(data, run_dir, args, label):
     """(f) peak RSS (MB) of a one-epoch trainer1 run in generator mode (small head)."""
     out = run_dir / f"f_rss_{label}"
-    status, rss = run_measured(trainer_cmd(data, str(out), args, SMALL_RSS_HEAD, 1),
-                               run_dir / f"f_rss_{label}.log")
-    if status:
-        raise RuntimeError(f"trainer1 failed (status {status}); see {run_dir}/f_rss_{label}.log")
-    return rss
+    return run_measured(trainer_cmd(data, str(out), args, SMALL_RSS_HEAD, 1),
+                        run_dir / f"f_rss_{label}.log")
 
 
 # --------------------------------------------------------------------------
@@ -271,7 +266,7 @@ def main(argv=None):
                     for k, v in rates.items()})
     checkpoint = None
     if "c" not in args.skip or "e" not in args.skip:
-        rate, checkpoint, rss = trainer_rate(small, run_dir, args, head)
+        rate, checkpoint = trainer_rate(small, run_dir, args, head)
         if "c" not in args.skip:
             results["c_trainer1_traces_per_s"] = rate
     large = synthetic_file(workdir, args.n_large) if {"e", "f"} - set(args.skip) else None

@@ -56,7 +56,7 @@ def test_both_halves_are_augmented_from_the_same_raw_traces(synthetic):
         metas = [U.trace_meta(fh[t].attrs) for t in batch[:4]]
     for meta in metas:
         meta["snr"] = np.min(meta["snr"])
-    rates = {k: v for k, v in gen.rates.items()}
+    rates = gen.rates
     first = [U.shift_event(r, m["coda_end"], rates["shift_event_r"] / 2, rng)
              for r, m in zip(raw, metas)]
     second = [U.augment_event(r.copy(), m, rng, **rates) for r, m in zip(raw, metas)]
