@@ -1,9 +1,15 @@
-"""Shared utilities for the California STEAD location example (Keras 3).
+"""The California STEAD location example's shared module (Keras 3).
 
-DataGenerator (HDF5, "DataCollected" layout), std normalisation, the upstream
-augmentations, location labels, the learning-rate schedule, the ConvMixer head
-and ``build_location_model``. Model code uses only ``keras.*`` so the
-TensorFlow (default) and JAX backends both work.
+What the upstream utils module provides for this example, and nothing else:
+location labels, std normalisation and the augmentations, the HDF5
+``DataGenerator`` / ``DataGeneratorPrediction``, the learning-rate schedule,
+the ConvMixer head and ``build_location_model``. Model code uses only
+``keras.*``, so the TensorFlow (default) and JAX backends both work.
+
+Everything around it lives in ``utrans_loc/``, one module per job: how traces
+are stored and read (``traces``), splits, checkpoints, devices, training
+safety, Monte-Carlo sampling, metrics and figures. This module must not grow
+device, file-safety or reporting code: it reads top to bottom in one sitting.
 
 DataCollected layout (one HDF5 group per trace id)::
 
@@ -21,65 +27,33 @@ Location target of one trace (UTRANS_SPEC section 1)::
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import math
-import os
-import time
-from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 from keras import layers
 
 import utrans_backbone as ub
+# Trace storage lives in utrans_loc.traces; these names are re-exported because
+# users of the upstream module find them here (U.TraceError, U.bandpass_taper, ...).
+from utrans_loc.traces import (MAX_PRELOAD_GB, H5Reader, TraceError, attr_float,  # noqa: F401
+                               attr_snr, bandpass_taper, check_finite, preload_waveforms,
+                               trace_meta)
 
 MAX_D = 114.5   # California depth normalisation (km), as published
 MIN_D = 1e-5
 LABEL_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth")
-
-
-class TraceError(ValueError):
-    """A trace that cannot be used (missing attributes, wrong shape, ...)."""
+# The published ConvMixer head (UTRANS_SPEC section 3) and the upstream
+# California augmentation rates (section 4): each default is said once, here.
+PUBLISHED_HEAD = dict(convmixer_filters=512, convmixer_depth=10, convmixer_kernel=13,
+                      convmixer_patch=10)
+# (DataGenerator keywords; trainer1 calls drop_channe_r drop_channel_r.)
+CALIFORNIA_AUGMENTATION = dict(shift_event_r=0.99, add_noise_r=0.5, drop_channe_r=0.1)
 
 
 # --------------------------------------------------------------------------
-# Attributes and labels
+# Location labels
 # --------------------------------------------------------------------------
-def attr_float(attrs, name):
-    """A scalar attribute as float; NaN when absent, 'None', empty or non-numeric."""
-    if name not in attrs:
-        return math.nan
-    value = attrs[name]
-    if isinstance(value, bytes):
-        value = value.decode("utf8", "replace")
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return math.nan
-    arr = np.asarray(value, dtype=float).ravel()
-    return float(arr[0]) if arr.size else math.nan
-
-
-def attr_snr(attrs):
-    """The 3 SNR values (dB); NaN where absent. Accepts arrays, strings like '[1 2 3]'."""
-    value = attrs.get("snr_db", None)
-    if isinstance(value, bytes):
-        value = value.decode("utf8", "replace")
-    if isinstance(value, str):
-        try:
-            value = [float(v) for v in value.strip("[] ").replace(",", " ").split()]
-        except ValueError:
-            value = []
-    arr = np.asarray(value if value is not None else [], dtype=float).ravel()
-    if arr.size == 1:
-        arr = np.repeat(arr, 3)
-    return arr if arr.size == 3 else np.full(3, np.nan)
-
-
 def depth_to_label(depth_km, max_d=MAX_D, min_d=MIN_D):
     """Normalise depth (km) to the model's range; negative depths count as 0."""
     return (np.maximum(depth_km, 0.0) - min_d) / (max_d - min_d)
@@ -153,33 +127,6 @@ def normalize(data, mode="std"):
     scale[scale == 0] = 1.0
     data /= scale
     return np.swapaxes(data, -1, -2).astype(np.float32, order="C")
-
-
-def bandpass_taper(data, fs=100.0, freqmin=1.0, freqmax=45.0, corners=2,
-                   taper_fraction=0.01, max_taper_s=2.0):
-    """Band-pass and taper as the DataCollected builder did (per channel, axis 0).
-
-    Zero-phase Butterworth band-pass (``corners`` poles, scipy sosfiltfilt),
-    then a cosine (Tukey) taper on each end over ``taper_fraction`` of the
-    trace, at most ``max_taper_s`` seconds.
-    """
-    from scipy.signal import sosfiltfilt
-
-    sos, window = _filter_design(fs, freqmin, freqmax, corners, taper_fraction, max_taper_s,
-                                 len(data))
-    filtered = sosfiltfilt(sos, np.asarray(data, dtype=np.float64), axis=0)
-    return (filtered * window[:, None]).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _filter_design(fs, freqmin, freqmax, corners, taper_fraction, max_taper_s, n):
-    """Butterworth sections and taper window, designed once per setting."""
-    from scipy.signal import butter
-    from scipy.signal.windows import tukey
-
-    sos = butter(corners, [freqmin, freqmax], btype="bandpass", fs=fs, output="sos")
-    side = min(taper_fraction * n, max_taper_s * fs)   # samples per end
-    return sos, tukey(n, alpha=min(2.0 * side / n, 1.0))
 
 
 def shift_event(data, coda_end, rate, rng, return_shift=False):
@@ -305,390 +252,7 @@ def augment_event(data, meta, rng, *, shift_event_r=None, add_event_r=None,
         data = add_gaps(data, add_gap_r, rng)
     return data
 
-
-# --------------------------------------------------------------------------
-# HDF5 access
-# --------------------------------------------------------------------------
-class _H5Reader:
-    """One open HDF5 file per process: reopened after a fork, never per batch.
-
-    Reads the three layouts :func:`h5_layout` knows: DataCollected (group per
-    trace id holding ``data``), released STEAD (``data/<trace_name>``) and
-    older STEAD (``earthquake/local/<name>``, ``non_earthquake/noise/<name>``).
-    For STEAD files :meth:`attrs` returns the attributes under the upstream
-    names (:func:`stead_to_upstream`), so labels and metadata work unchanged.
-    ``bandpass=True`` band-passes and tapers every waveform on reading, as the
-    DataCollected builder did (:func:`bandpass_taper`).
-    """
-
-    def __init__(self, file_name, bandpass=False):
-        self.file_name = str(file_name)
-        self.bandpass = bool(bandpass)
-        self._fh = None
-        self._pid = None
-        self._layout = None
-
-    @property
-    def file(self):
-        if self._fh is None or self._pid != os.getpid():
-            try:
-                self._fh = h5py.File(self.file_name, "r")
-            except OSError as err:
-                raise ValueError(f"{self.file_name}: not a readable HDF5 file ({err})") from None
-            self._pid = os.getpid()
-            self._layout = h5_layout(self._fh)
-        return self._fh
-
-    @property
-    def layout(self):
-        """``'datacollected'``, ``'stead'`` or ``'stead_old'`` (see :func:`h5_layout`)."""
-        self.file  # noqa: B018 (opens the file and detects the layout)
-        return self._layout
-
-    def _paths(self, trace_id):
-        if self.layout == LAYOUT_STEAD:
-            return (f"data/{trace_id}",)
-        if self.layout == LAYOUT_STEAD_OLD:
-            return tuple(f"{group}/{trace_id}" for group in STEAD_OLD_GROUPS)
-        return (trace_id,)
-
-    def has(self, trace_id):
-        """True when the file holds ``trace_id``."""
-        return any(self.file.get(path) is not None for path in self._paths(trace_id))
-
-    def group(self, trace_id):
-        """The trace's HDF5 object: a DataCollected group or a STEAD dataset."""
-        for path in self._paths(trace_id):
-            node = self.file.get(path)
-            if node is not None:
-                return node
-        raise TraceError(f"trace '{trace_id}' is not in {self.file_name}")
-
-    def waveform_shape(self, trace_id):
-        group = self.group(trace_id)
-        return tuple((group["data"] if isinstance(group, h5py.Group) else group).shape)
-
-    def _dataset_paths(self, trace_id):
-        if self.layout == LAYOUT_COLLECTED:
-            # A group with a 'data' dataset, or (older files) a dataset named by the id.
-            return (f"{trace_id}/data".encode(), trace_id.encode())
-        return tuple(path.encode() for path in self._paths(trace_id))
-
-    def read_into(self, trace_id, out):
-        """Read a waveform into ``out`` (a float32 array of the expected shape).
-
-        One low-level HDF5 open and read (HDF5 converts the stored dtype): the
-        high-level path costs about 3x more per trace in Python overhead.
-        """
-        for path in self._dataset_paths(trace_id):
-            try:
-                dset = h5py.h5d.open(self.file.id, path)
-            except KeyError:
-                continue
-            if dset.shape != out.shape:
-                raise TraceError(f"trace '{trace_id}' in {self.file_name} has shape "
-                                 f"{dset.shape}, expected {out.shape}")
-            dset.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
-            if self.bandpass:
-                out[...] = bandpass_taper(out)
-            return out
-        raise TraceError(f"trace '{trace_id}' is not in {self.file_name}")
-
-    def waveform(self, trace_id, dim):
-        """A trace's waveform as a new float32 array of shape ``dim``."""
-        return self.read_into(trace_id, np.empty(tuple(dim), dtype=np.float32))
-
-    def attrs(self, trace_id):
-        node = self.group(trace_id)
-        if self.layout == LAYOUT_COLLECTED:
-            return node.attrs
-        # Older layout: the folder says the category when the attribute is absent.
-        folder = node.parent.name.strip("/")
-        category = "earthquake_local" if folder == STEAD_OLD_GROUPS[0] else \
-            "noise" if folder == STEAD_OLD_GROUPS[1] else None
-        return stead_to_upstream(node.attrs, category=category)
-
-    def close(self):
-        """Close the file (it reopens on the next access)."""
-        if self._fh is not None and self._pid == os.getpid():
-            self._fh.close()
-        self._fh = self._pid = self._layout = None
-
-    def __getstate__(self):
-        return {"file_name": self.file_name, "bandpass": self.bandpass,
-                "_fh": None, "_pid": None, "_layout": None}
-
-
-MAX_PRELOAD_GB = 12.0     # the California training + validation sets (~8.7 GB) fit
-
-
-class _MemoryReader:
-    """Waveforms held in memory (``pre_load_generator``); reads like :class:`_H5Reader`.
-
-    Attributes still come from the file (read once per trace, see :class:`TraceInfo`).
-    """
-
-    def __init__(self, source, ids, data):
-        self.source = source
-        self.file_name = source.file_name
-        self.bandpass = source.bandpass          # already applied to ``data``
-        self.row = {trace_id: i for i, trace_id in enumerate(ids)}
-        self.data = data
-
-    def read_into(self, trace_id, out):
-        row = self.row.get(trace_id)
-        if row is None:
-            raise TraceError(f"trace '{trace_id}' was not preloaded from {self.file_name}")
-        out[...] = self.data[row]
-        return out
-
-    def attrs(self, trace_id):
-        return self.source.attrs(trace_id)
-
-    def close(self):
-        self.source.close()
-
-
-def preload_size_gb(n_traces, dim):
-    """GB of memory that ``n_traces`` float32 waveforms of shape ``dim`` take."""
-    return n_traces * int(np.prod(dim)) * 4 / 1e9
-
-
-def available_memory_gb():
-    """Memory this process may still take, in GB: the machine's MemAvailable,
-    or less where a cgroup (container) memory limit leaves less; None where
-    neither can be read."""
-    free = []
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    free.append(int(line.split()[1]) * 1024 / 1e9)
-    except OSError:
-        pass
-    # cgroup v2, then v1: a container's limit is below the host's MemAvailable.
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_file) as fh:
-                limit = fh.read().strip()
-            with open(usage_file) as fh:
-                usage = int(fh.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:     # "max" or a huge v1 value: no limit
-            free.append(max(int(limit) - usage, 0) / 1e9)
-        break
-    return min(free) if free else None
-
-
-def check_max_preload_gb(max_preload_gb):
-    """ValueError unless ``max_preload_gb`` is a positive number."""
-    if max_preload_gb is None or not max_preload_gb > 0:
-        raise ValueError(f"max_preload_gb must be > 0, got {max_preload_gb}")
-
-
-def check_preload(n_traces, dim, max_preload_gb, what):
-    """Refuse (ValueError) to preload ``n_traces`` waveforms of shape ``dim``
-    when they exceed ``max_preload_gb`` or 90% of :func:`available_memory_gb`.
-
-    ``what`` names the data in the message (file and splits). Returns the GB needed.
-    """
-    check_max_preload_gb(max_preload_gb)
-    need = preload_size_gb(n_traces, dim)
-    if need > max_preload_gb:
-        raise ValueError(
-            f"preloading {n_traces} traces of {tuple(dim)} ({what}) needs {need:.2f} GB, more "
-            f"than max_preload_gb={max_preload_gb:g}: use mode='generator' (reads batch by "
-            "batch) or raise --max_preload_gb")
-    free = available_memory_gb()
-    if free is not None and need > 0.9 * free:
-        raise ValueError(
-            f"preloading {n_traces} traces ({what}) needs {need:.2f} GB but only {free:.2f} GB "
-            "of memory is available: use mode='generator'")
-    return need
-
-
-def preload_waveforms(reader, ids, dim, max_preload_gb=MAX_PRELOAD_GB):
-    """Read the waveforms of ``ids`` into memory once (upstream ``pre_load_generator``).
-
-    Refuses with a ValueError, before reading anything, when the estimate
-    exceeds ``max_preload_gb`` or the memory available now
-    (:func:`check_preload`). On any error the file is closed.
-
-    Returns
-    -------
-    _MemoryReader
-        Serves the waveforms (band-passed once, if ``reader.bandpass``).
-    """
-    from tqdm import tqdm
-
-    ids = list(dict.fromkeys(np.asarray(ids).astype(str)))   # unique, in order
-    try:
-        check_preload(len(ids), dim, max_preload_gb, reader.file_name)
-        data = np.empty((len(ids),) + tuple(dim), dtype=np.float32)
-        for i, trace_id in enumerate(tqdm(ids, desc="preload", unit="trace", disable=None,
-                                          mininterval=2.0)):
-            check_finite(reader.read_into(trace_id, data[i])[None], [trace_id],
-                         reader.file_name)
-    except BaseException:
-        reader.close()
-        raise
-    return _MemoryReader(reader, ids, data)
-
-
-# --------------------------------------------------------------------------
-# STEAD files read directly (released and older layouts)
-# --------------------------------------------------------------------------
-LAYOUT_COLLECTED, LAYOUT_STEAD, LAYOUT_STEAD_OLD = "datacollected", "stead", "stead_old"
-STEAD_OLD_GROUPS = ("earthquake/local", "non_earthquake/noise")
-
-# STEAD attribute -> upstream DataCollected attribute (UTRANS_SPEC section 1).
-STEAD_TO_UPSTREAM = {
-    "receiver_latitude": "station_lat",
-    "receiver_longitude": "station_long",
-    "source_latitude": "event_lat",
-    "source_longitude": "event_long",
-    "source_depth_km": "depth",
-    "source_magnitude": "magnitude",
-    "source_magnitude_type": "magnitude_type",
-    "p_arrival_sample": "p_arrival_sample",
-    "s_arrival_sample": "s_arrival_sample",
-    "coda_end_sample": "coda_end_sample",
-    "snr_db": "snr_db",
-    "trace_category": "data_category",
-}
-# STEAD attributes kept under their own names (metadata columns, grouping by event).
-STEAD_EXTRAS = ("network_code", "receiver_code", "source_id", "source_distance_km",
-                "back_azimuth_deg", "trace_start_time", "source_origin_time")
-_STEAD_TEXT = {"source_magnitude_type", "network_code", "receiver_code", "source_id",
-               "trace_start_time", "source_origin_time", "P_polarity"}
-_CATEGORY = {"earthquake_local": "earthquake", "noise": "noise"}
-
-
-def h5_layout(fh):
-    """Layout of an open HDF5 file.
-
-    Returns
-    -------
-    str
-        ``'stead'``: released STEAD, one dataset per trace at
-        ``data/<trace_name>``; ``'stead_old'``: older STEAD,
-        ``earthquake/local/<name>`` and ``non_earthquake/noise/<name>``;
-        ``'datacollected'``: anything else (one group per trace id holding
-        ``data``, the upstream layout).
-    """
-    node = fh.get("data")
-    # A DataCollected trace that happens to be called 'data' holds a 'data' dataset.
-    if isinstance(node, h5py.Group) and not isinstance(node.get("data"), h5py.Dataset):
-        return LAYOUT_STEAD
-    if any(isinstance(fh.get(group), h5py.Group) for group in STEAD_OLD_GROUPS):
-        return LAYOUT_STEAD_OLD
-    return LAYOUT_COLLECTED
-
-
-def _text(value):
-    if isinstance(value, bytes):
-        value = value.decode("utf8", "replace")
-    if isinstance(value, np.ndarray):
-        value = value.ravel()[0] if value.size else None
-        return _text(value)
-    if value is None:
-        return "None"
-    if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            return "None"
-        # Numeric ids (e.g. source_id read back as 8556349.0) keep their integer form.
-        return str(int(value)) if float(value).is_integer() else str(value)
-    text = str(value).strip()
-    return "None" if text.lower() in ("", "none", "nan") else text
-
-
-def _number(value):
-    """A scalar number (numpy dtype kept) or 'None'; [[x]] -> x, '1.5' -> 1.5."""
-    if isinstance(value, bytes):
-        value = value.decode("utf8", "replace")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip("[] "))
-        except ValueError:
-            return "None"
-    arr = np.asarray(value)
-    if arr.size == 0 or arr.dtype.kind not in "fiu":
-        return "None"
-    scalar = arr.ravel()[0]
-    return scalar if np.isfinite(scalar) else "None"
-
-
-def stead_to_upstream(attrs, category=None):
-    """STEAD trace attributes under the upstream (DataCollected) names.
-
-    Parameters
-    ----------
-    attrs : mapping
-        A STEAD trace's attributes (h5py attrs or a dict, e.g. a CSV row).
-    category : str, optional
-        ``trace_category`` to use when ``attrs`` has none (the older layout
-        encodes it in the folder).
-
-    Returns
-    -------
-    dict
-        ``station_lat, station_long, event_lat, event_long, depth, magnitude,
-        magnitude_type, p_arrival_sample, s_arrival_sample, coda_end_sample,
-        snr_db`` (3 floats), ``data_category`` ('earthquake' | 'noise'),
-        ``P_polarity``, ``event_label`` (1 | 0), ``AI_Set`` ('STEAD') and the
-        STEAD extras ``network_code, receiver_code, source_id,
-        source_distance_km, back_azimuth_deg, trace_start_time,
-        source_origin_time``. Missing, 'None', NaN or empty values become the
-        string 'None'; array-valued scalars (``coda_end_sample`` as [[x]]) are
-        unwrapped; numbers keep their numpy dtype.
-    """
-    out = {}
-    for stead, name in STEAD_TO_UPSTREAM.items():
-        value = attrs.get(stead, None) if hasattr(attrs, "get") else None
-        if name == "snr_db":
-            snr = attr_snr({"snr_db": value}) if value is not None else np.full(3, np.nan)
-            out[name] = snr.astype(np.float64) if np.isfinite(snr).any() else "None"
-        elif name == "data_category":
-            raw = _text(value) if value is not None else _text(category)
-            out[name] = _CATEGORY.get(raw, raw)
-        elif stead in _STEAD_TEXT:
-            out[name] = _text(value)
-        else:
-            out[name] = _number(value) if value is not None else "None"
-    out["P_polarity"] = _text(attrs.get("P_polarity", None))
-    out["event_label"] = 1 if out["data_category"] == "earthquake" else 0
-    out["AI_Set"] = "STEAD"
-    for name in STEAD_EXTRAS:
-        value = attrs.get(name, None)
-        out[name] = _text(value) if name in _STEAD_TEXT else \
-            (_number(value) if value is not None else "None")
-    return out
-
-
-def trace_meta(attrs):
-    """Augmentation metadata of a trace (NaN where unknown)."""
-    return {"p_arrival": attr_float(attrs, "p_arrival_sample"),
-            "s_arrival": attr_float(attrs, "s_arrival_sample"),
-            "coda_end": attr_float(attrs, "coda_end_sample"),
-            "snr": attr_snr(attrs)}
-
-
-# --------------------------------------------------------------------------
-# Data generators
-# --------------------------------------------------------------------------
-def check_finite(x, ids, file_name):
-    """Raise TraceError naming the first trace of batch ``x`` with NaN/Inf values."""
-    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-    if not finite.all():
-        trace_id = ids[int(np.argmin(finite))]
-        raise TraceError(f"trace '{trace_id}' in {file_name} has NaN/Inf samples; "
-                         "remove it from the split (or repair the file)")
-
-
-class TraceInfo:
+class TraceLabels:
     """Location labels and augmentation metadata of a list of trace ids, as arrays.
 
     Filled from a metadata table (:func:`read_metadata`, which training reads
@@ -828,10 +392,10 @@ class DataGenerator(keras.utils.PyDataset):
         # a seed whatever the worker order, and resumable at any epoch.
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         self.bandpass = bool(bandpass)
-        self.reader = _H5Reader(file_name, bandpass=self.bandpass)
+        self.reader = H5Reader(file_name, bandpass=self.bandpass)
         if preload:
             self.reader = preload_waveforms(self.reader, self.list_IDs, self.dim, max_preload_gb)
-        self.info = TraceInfo(self.list_IDs, max_d, min_d, metadata)
+        self.info = TraceLabels(self.list_IDs, max_d, min_d, metadata)
         self.failure = None
         self.set_epoch(0)
 
@@ -915,7 +479,7 @@ class DataGeneratorPrediction(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.norm_mode = norm_mode
         self.bandpass = bool(bandpass)
-        self.reader = _H5Reader(file_name, bandpass=self.bandpass)
+        self.reader = H5Reader(file_name, bandpass=self.bandpass)
 
     def __len__(self):
         return math.ceil(len(self.list_IDs) / self.batch_size)
@@ -933,7 +497,7 @@ class DataGeneratorPrediction(keras.utils.PyDataset):
 # --------------------------------------------------------------------------
 # Learning rate
 # --------------------------------------------------------------------------
-def _lr_schedule(epoch, base_lr=1e-4):
+def lr_schedule(epoch, base_lr=1e-4):
     """Upstream step schedule: base, x0.1 after epoch 20, x1e-2 after 40,
     x1e-3 after 60, x0.5e-3 after 90 (``epoch`` counted from 0)."""
     if epoch > 90:
@@ -947,13 +511,16 @@ def _lr_schedule(epoch, base_lr=1e-4):
     return base_lr
 
 
+_lr_schedule = lr_schedule   # the upstream name
+
+
 class ScheduleWithPlateau(keras.callbacks.Callback):
     """The upstream step schedule times a ReduceLROnPlateau factor.
 
     Upstream ran LearningRateScheduler and ReduceLROnPlateau side by side, so
     the scheduler silently undid every plateau reduction at the next epoch.
     Here the plateau reductions accumulate in ``scale`` and multiply the
-    schedule: lr(epoch) = _lr_schedule(epoch, base_lr) * scale, not reduced
+    schedule: lr(epoch) = lr_schedule(epoch, base_lr) * scale, not reduced
     below ``min_lr`` by the plateau part.
     """
 
@@ -972,7 +539,7 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
         self.scale, self.best, self.wait = state["scale"], state["best"], state["wait"]
 
     def lr_for(self, epoch):
-        scheduled = _lr_schedule(epoch, self.base_lr)
+        scheduled = lr_schedule(epoch, self.base_lr)
         return max(scheduled * self.scale, min(self.min_lr, scheduled))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -1003,59 +570,42 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
 # --------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------
-def _bn_relu_drop(x, dropout):
+def bn_relu_dropout(x, dropout):
+    """BatchNorm -> ReLU -> Dropout, after every ConvMixer convolution."""
     x = layers.BatchNormalization()(x)
     x = layers.Activation("relu")(x)
     return layers.Dropout(dropout)(x)
 
 
-def conv_mixer_head(x, filters=512, depth=10, kernel_size=13, patch_size=10, dropout=0.1):
-    """ConvMixer: patch stem, ``depth`` blocks of depthwise (spatial) mixing
-    with a residual, then pointwise (channel) mixing. Returns (B, T/patch, filters)."""
+def conv_stem(x, filters, patch_size, dropout):
+    """Patch embedding: a strided convolution, one patch of ``patch_size`` samples per step."""
     x = layers.Conv1D(filters, patch_size, strides=patch_size, padding="valid")(x)
-    x = _bn_relu_drop(x, dropout)
+    return bn_relu_dropout(x, dropout)
+
+
+def conv_mixer_block(x, filters, kernel_size, dropout):
+    """Depthwise (time) mixing with a residual, then pointwise (channel) mixing."""
+    residual = x
+    x = layers.DepthwiseConv1D(kernel_size, padding="same")(x)
+    x = layers.Add()([bn_relu_dropout(x, dropout), residual])
+    x = layers.Conv1D(filters, 1)(x)
+    return bn_relu_dropout(x, dropout)
+
+
+def conv_mixer_head(x, filters=512, depth=10, kernel_size=13, patch_size=10, dropout=0.1):
+    """ConvMixer: the patch stem, then ``depth`` mixer blocks. Returns (B, T/patch, filters)."""
+    x = conv_stem(x, filters, patch_size, dropout)
     for _ in range(depth):
-        residual = x
-        x = layers.DepthwiseConv1D(kernel_size, padding="same")(x)
-        x = _bn_relu_drop(x, dropout)
-        x = layers.Add()([x, residual])
-        x = layers.Conv1D(filters, 1)(x)
-        x = _bn_relu_drop(x, dropout)
+        x = conv_mixer_block(x, filters, kernel_size, dropout)
     return x
 
 
-PRECISION_POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16",
-                      "float16": "mixed_float16"}
-
-
-def check_mixed_precision(mixed_precision):
-    """ValueError unless ``mixed_precision`` is a key of :data:`PRECISION_POLICIES`."""
-    if mixed_precision not in PRECISION_POLICIES:
-        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISION_POLICIES)}, "
-                         f"got {mixed_precision!r}")
-
-
-@contextlib.contextmanager
-def precision_policy(mixed_precision="off"):
-    """Context in which new layers compute in ``mixed_precision``.
-
-    'off': float32; 'bfloat16' / 'float16': Keras mixed precision (variables
-    stay float32, the output layer computes in float32; with 'float16'
-    ``compile`` wraps the optimizer in a LossScaleOptimizer). The global
-    policy is restored on exit.
-    """
-    check_mixed_precision(mixed_precision)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def build_location_model(input_shape=(6000, 3), foundation_weights=None,
-                         convmixer_filters=512, convmixer_depth=10, convmixer_kernel=13,
-                         convmixer_patch=10, dropout=0.1, d1=5, foundation=None):
+                         convmixer_filters=PUBLISHED_HEAD["convmixer_filters"],
+                         convmixer_depth=PUBLISHED_HEAD["convmixer_depth"],
+                         convmixer_kernel=PUBLISHED_HEAD["convmixer_kernel"],
+                         convmixer_patch=PUBLISHED_HEAD["convmixer_patch"],
+                         dropout=0.1, d1=5, foundation=None):
     """U-Trans + ConvMixer location model (UTRANS_SPEC section 3).
 
     input (6000, 3) -> U-Trans encoder + transformer -> latent (75, 80) ->
@@ -1099,826 +649,3 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
     outputs = layers.Dense(3, name="output_layer", dtype="float32")(x)
     return keras.Model(foundation.input, outputs, name="utrans_convmixer_location")
 
-
-HEAD_KEYS = ("convmixer_filters", "convmixer_depth", "convmixer_kernel", "convmixer_patch")
-MODEL_CONFIG_NAME = "model_config.json"
-
-
-def write_model_config(path, **config):
-    """Write the model/label configuration a tester needs (atomic)."""
-    atomic_write_text(path, json.dumps(config, indent=2, default=str))
-
-
-def read_model_config(weights_path):
-    """The ``model_config.json`` saved by trainer1 beside a checkpoint, or {}."""
-    cfg = Path(weights_path).resolve().parent / MODEL_CONFIG_NAME
-    return json.loads(cfg.read_text()) if cfg.is_file() else {}
-
-
-def infer_head_from_legacy_h5(path):
-    """ConvMixer size of an upstream (Keras 2 .h5) location checkpoint, from its shapes."""
-    file_layers = ub.read_legacy_h5(path)
-    depthwise = [arrs for name, arrs in file_layers if name.startswith("depthwise_conv1d")]
-    # The ConvMixer stem is the only conv that reads the 4-channel concatenation.
-    stems = [arrs for name, arrs in file_layers
-             if name.startswith("conv1d") and arrs[0][1].ndim == 3 and arrs[0][1].shape[1] == 4]
-    if not depthwise or not stems:
-        raise ub.WeightsFileError(f"{path}: not a U-Trans + ConvMixer location checkpoint "
-                                  "(no ConvMixer layers found)")
-    stem_kernel = stems[0][0][1]
-    return {"convmixer_filters": int(stem_kernel.shape[2]),
-            "convmixer_depth": len(depthwise),
-            "convmixer_kernel": int(depthwise[0][0][1].shape[0]),
-            "convmixer_patch": int(stem_kernel.shape[0])}
-
-
-def is_legacy_h5(path):
-    """True for a Keras 2 weights file (root or model_weights has 'layer_names')."""
-    with h5py.File(path, "r") as fh:
-        root = fh["model_weights"] if "model_weights" in fh else fh
-        return "layer_names" in root.attrs
-
-
-def _keras3_weight_shapes(path):
-    """Shapes of the model arrays in a Keras 3 ``.weights.h5`` file (a checkpoint
-    of a compiled model also holds the optimizer state, which is not compared)."""
-    shapes = []
-
-    def visit(_, obj):
-        if isinstance(obj, h5py.Dataset):
-            shapes.append(tuple(obj.shape))
-
-    with h5py.File(path, "r") as fh:
-        for key in ("layers", "vars"):
-            if key in fh:
-                fh[key].visititems(visit)
-    return shapes
-
-
-def load_location_weights(model, path):
-    """Load a location checkpoint: trainer1's Keras 3 ``.weights.h5`` or an
-    upstream Keras 2 ``.h5``. Fails with a message naming the file when it
-    does not fit the model."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model weights file not found: {path}")
-    try:
-        legacy = is_legacy_h5(path)
-    except OSError as err:
-        raise ub.WeightsFileError(f"{path}: not a readable HDF5 weights file ({err})") from None
-    if legacy:
-        return ub.load_legacy_h5_weights(model, path)
-    saved = sorted(_keras3_weight_shapes(path))
-    wanted = sorted(tuple(w.shape) for w in model.weights)
-    if saved != wanted:
-        raise ub.WeightsFileError(
-            f"{path}: holds {len(saved)} arrays that do not match the {len(wanted)} weights of "
-            "this location model (another ConvMixer size? pass --convmixer_filters/--convmixer_depth "
-            "or keep model_config.json beside the checkpoint)")
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            # Keras only warns when it skips part of a file: treat that as a mismatch.
-            warnings.simplefilter("error")
-            model.load_weights(path)
-    except (ValueError, KeyError, UserWarning) as err:
-        raise ub.WeightsFileError(f"{path}: does not fit the location model ({err})") from None
-    return {"path": path, "sha256": ub.sha256_of(path), "official": False,
-            "n_layers": len([l for l in model.layers if l.weights])}
-
-
-# --------------------------------------------------------------------------
-# Splits and metadata
-# --------------------------------------------------------------------------
-def load_ids(path):
-    """A split file (.npy array of trace-id strings) as a str array."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"split file not found: {path}")
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except ValueError:
-        # Older split files were saved as object arrays, which need pickle.
-        ids = np.load(path, allow_pickle=True)
-    except OSError as err:
-        raise ValueError(f"{path}: not a numpy .npy file ({err})") from None
-    ids = np.asarray(ids).ravel().astype(str)
-    if ids.size == 0:
-        raise ValueError(f"split file {path} is empty: no trace ids")
-    return ids
-
-
-META_COLUMNS = ("station_lat", "station_lon", "event_lat", "event_lon", "depth_km",
-                "magnitude", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
-                "snr_db", "snr_db_min", "source_distance_km")
-_ATTR_OF = {"station_lon": "station_long", "event_lon": "event_long", "depth_km": "depth"}
-
-
-def read_metadata(file_name, ids):
-    """Per-trace metadata (station, truth, magnitude, picks, mean SNR) as a DataFrame.
-
-    Missing or 'None' values become NaN (noise or unlabeled traces keep their
-    station coordinates and get empty truth). ``file_name`` may be a
-    DataCollected file or a STEAD file (released or older layout; its
-    attributes are read under the upstream names, :func:`stead_to_upstream`).
-    Raises FileNotFoundError / TraceError naming the file and the first
-    missing ids.
-    """
-    import pandas as pd
-
-    file_name = str(file_name)
-    if not os.path.isfile(file_name):
-        raise FileNotFoundError(f"HDF5 file not found: {file_name}")
-    rows = []
-    reader = _H5Reader(file_name)
-    try:
-        missing = [t for t in ids if not reader.has(t)]
-        if missing:
-            raise TraceError(f"{len(missing)} of {len(ids)} ids are not in {file_name}, "
-                             f"first: {', '.join(missing[:5])}")
-        for trace_id in ids:
-            attrs = reader.attrs(trace_id)
-            row = {column: attr_float(attrs, _ATTR_OF.get(column, column))
-                   for column in META_COLUMNS}
-            snr = attr_snr(attrs)
-            row["snr_db"] = float(np.nanmean(snr)) if np.isfinite(snr).any() else math.nan
-            row["snr_db_min"] = float(np.min(snr))   # NaN unless all 3 are known
-            rows.append({"trace_name": trace_id, **row})
-    finally:
-        reader.close()
-    return pd.DataFrame(rows, columns=("trace_name",) + META_COLUMNS)
-
-
-def check_split(file_name, ids, split_name, max_d=MAX_D, min_d=MIN_D, require_labels=True,
-                dim=None):
-    """Check a split before training or testing; return its metadata.
-
-    Every id must be in the file with station coordinates and, when ``dim``
-    is given, a waveform of that shape; with ``require_labels`` every trace
-    needs finite event coordinates and depth. The error names the split, the
-    file and the first offending traces. Depths outside [min_d, max_d] are
-    counted and reported on stderr (their labels leave [0, 1]) but allowed.
-    """
-    import sys
-
-    meta = read_metadata(file_name, ids)
-    if dim is not None:
-        check_shapes(file_name, ids, split_name, dim)
-    needed = ["station_lat", "station_lon"]
-    if require_labels:
-        needed += ["event_lat", "event_lon", "depth_km"]
-    bad = meta.loc[~np.isfinite(meta[needed].to_numpy(float)).all(axis=1), "trace_name"]
-    if len(bad):
-        what = "event location/depth" if require_labels else "station coordinates"
-        raise TraceError(
-            f"{split_name}: {len(bad)} trace(s) in {file_name} lack {what} "
-            f"(noise or unlabeled traces cannot be used here), first: {', '.join(bad[:5])}")
-    depth = meta["depth_km"].to_numpy(float)
-    outside = np.isfinite(depth) & ((depth < min_d) | (depth > max_d))
-    if outside.any():
-        print(f"warning: {split_name}: {int(outside.sum())} of {len(meta)} trace(s) have a depth "
-              f"outside [{min_d}, {max_d}] km (labels outside [0, 1]; negative depths count "
-              "as 0)", file=sys.stderr)
-    return meta
-
-
-def check_shapes(file_name, ids, split_name, dim):
-    """Every waveform of the split has shape ``dim`` (read from the HDF5 headers only)."""
-    dim = tuple(int(d) for d in dim)
-    reader = _H5Reader(file_name)
-    try:
-        shapes = ((t, reader.waveform_shape(t)) for t in ids)
-        bad = [f"{t} {shape}" for t, shape in shapes if shape != dim]
-    finally:
-        reader.close()
-    if bad:
-        raise TraceError(f"{split_name}: {len(bad)} trace(s) in {file_name} do not have the "
-                         f"shape {dim}, first: {', '.join(bad[:5])}")
-
-
-def check_output_parent(output_dir):
-    """The folder that will hold ``output_dir`` exists and is writable."""
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise OSError(f"cannot write {output_dir}: {parent} is not a writable folder")
-
-
-# --------------------------------------------------------------------------
-# Devices (backend-specific code lives only here)
-# --------------------------------------------------------------------------
-def distribution_scope(multi_gpu=False, number_of_gpus=1):
-    """Context in which to build and compile a model that trains data-parallel.
-
-    Parameters
-    ----------
-    multi_gpu : bool
-        Off: a no-op context (the backend's default device).
-    number_of_gpus : int
-        Replicas wanted. GPUs when there are any, else the logical CPU devices
-        :func:`configure_gpus` split the host into. Fewer available: those
-        are used and one line says so.
-
-    Returns
-    -------
-    context manager
-        TensorFlow: the scope of a ``tf.distribute.MirroredStrategy`` over
-        those devices, or of a ``MultiWorkerMirroredStrategy`` when
-        ``TF_CONFIG`` is set (several machines; each uses its local GPUs).
-        JAX: a no-op context; a ``keras.distribution.DataParallel`` over
-        those devices is set as the process-wide distribution, because
-        ``fit`` reads it when it runs (after the ``with`` block).
-
-    Notes
-    -----
-    Keras feeds each replica ``batch_size / replicas`` traces of every batch
-    and averages the gradients, so one step equals a single-device step on
-    the whole batch, except for BatchNormalization on TensorFlow: each
-    replica normalises with its own batch statistics (per replica, as with
-    upstream's MirroredStrategy). On JAX the whole step is one program over
-    the sharded batch, so the statistics are the whole batch's. Call
-    :func:`configure_gpus` with the same ``multi_gpu`` and ``number_of_gpus``
-    first.
-    """
-    if not multi_gpu:
-        return contextlib.nullcontext()
-    _check_number_of_gpus(number_of_gpus)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        return _tf_strategy(int(number_of_gpus)).scope()
-    if backend == "jax":
-        keras.distribution.set_distribution(_jax_data_parallel(int(number_of_gpus)))
-        return contextlib.nullcontext()
-    raise ValueError(f"multi_gpu is supported on the tensorflow and jax backends, not {backend}")
-
-
-def replica_count(model):
-    """Number of devices (over all machines) that ``model.fit`` splits a batch across."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        return int(model.distribute_strategy.num_replicas_in_sync)
-    if backend == "jax":
-        distribution = keras.distribution.distribution()
-        return 1 if distribution is None else int(np.size(distribution.device_mesh.devices))
-    return 1
-
-
-def configure_gpus(gpu_limit=None, gpuid=None, multi_gpu=False, number_of_gpus=1):
-    """Choose and set up the devices; call it before the backend runs anything.
-
-    Parameters
-    ----------
-    gpu_limit : float or None
-        Fraction of each used GPU's memory the process may take, in (0, 1].
-        TensorFlow: a logical device with that memory limit (None: memory
-        grows as needed). JAX: ``XLA_PYTHON_CLIENT_MEM_FRACTION``.
-    gpuid : int or None
-        Use only this GPU (its number as ``nvidia-smi`` shows it, or as listed
-        in ``CUDA_VISIBLE_DEVICES``). The command line already restricts
-        ``CUDA_VISIBLE_DEVICES`` to it; a Python call is restricted here.
-    multi_gpu : bool
-        Data-parallel training will follow (:func:`distribution_scope`).
-        Without a GPU, the host CPU is split into ``number_of_gpus`` logical
-        devices, so the same code runs (slowly) and can be tested on a CPU.
-    number_of_gpus : int
-        Devices for ``multi_gpu``.
-
-    Raises
-    ------
-    ValueError
-        ``gpu_limit`` outside (0, 1], ``number_of_gpus`` < 1, ``gpuid`` given
-        but no such GPU visible, or a setting that can no longer be applied
-        because the backend already started in this process.
-    """
-    if gpu_limit is not None and not _is_fraction(gpu_limit):
-        raise ValueError(f"gpu_limit must be a fraction of the GPU memory in (0, 1], got {gpu_limit!r}")
-    if multi_gpu:
-        _check_number_of_gpus(number_of_gpus)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        _configure_tensorflow(gpu_limit, gpuid, multi_gpu, int(number_of_gpus))
-    elif backend == "jax":
-        _configure_jax(gpu_limit, gpuid, multi_gpu, int(number_of_gpus))
-    elif gpuid is not None or gpu_limit is not None or multi_gpu:
-        raise ValueError(f"gpuid, gpu_limit and multi_gpu are supported on the tensorflow and "
-                         f"jax backends, not {backend}")
-
-
-def _is_fraction(value):
-    try:
-        return 0 < float(value) <= 1
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_number_of_gpus(number_of_gpus):
-    if int(number_of_gpus) < 1:
-        raise ValueError(f"number_of_gpus must be >= 1, got {number_of_gpus}")
-
-
-def _visible_gpu_index(gpuid, n_visible=None):
-    """Position of GPU ``gpuid`` among the GPUs this process sees.
-
-    The command line sets ``CUDA_VISIBLE_DEVICES=<gpuid>`` (position 0); a
-    Python call may find any list there, or none (position = gpuid).
-    ``n_visible`` None: not known yet (JAX not started), not checked.
-    """
-    visible_env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    where = f"CUDA_VISIBLE_DEVICES={visible_env!r}"
-    if n_visible == 0:
-        raise ValueError(f"gpuid={gpuid} was given but no GPU is visible to this process "
-                         f"({where}); leave gpuid out to run on the CPU")
-    visible = [v.strip() for v in visible_env.split(",")] if visible_env else []
-    if str(gpuid) in visible:
-        index = visible.index(str(gpuid))
-    elif visible and all(v.isdigit() for v in visible):
-        index = -1  # a list of GPU numbers without this one
-    else:
-        index = int(gpuid)  # no list, or UUIDs: gpuid counts the visible GPUs
-    if index < 0 or (n_visible is not None and index >= n_visible):
-        raise ValueError(f"gpuid={gpuid} is not among the GPUs visible to this process "
-                         f"({n_visible or 'unknown number'}, {where})")
-    return index
-
-
-def _fewer_devices(kind, found, asked):
-    print(f"multi_gpu: number_of_gpus={asked} but only {found} {kind} device(s) available; "
-          f"training on {found}")
-
-
-def _too_late(what, err):
-    return ValueError(f"{what}: this must be set before the {keras.backend.backend()} backend "
-                      f"starts, and it already runs in this process ({err}); call "
-                      "configure_gpus before anything else uses the backend, or use a fresh "
-                      "process")
-
-
-def _configure_tensorflow(gpu_limit, gpuid, multi_gpu, number_of_gpus):
-    """TensorFlow: visible GPUs, their memory, and the CPU split for multi_gpu.
-
-    Every call is made only when it changes something, because TensorFlow
-    refuses changes once its runtime started (RuntimeError), even no-op ones
-    for some settings; a second trainer1/tester1 call in one process with the
-    same settings must still work.
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpuid is not None:
-        gpus = [gpus[_visible_gpu_index(gpuid, len(gpus))]]
-    elif multi_gpu and os.environ.get("TF_CONFIG"):
-        # MultiWorkerMirroredStrategy takes every visible GPU: hide the extra ones.
-        gpus = gpus[:number_of_gpus]
-    if gpuid is not None or (multi_gpu and os.environ.get("TF_CONFIG")):
-        if tf.config.get_visible_devices("GPU") != gpus:
-            try:
-                tf.config.set_visible_devices(gpus, "GPU")
-            except RuntimeError as err:
-                what = f"gpuid={gpuid}" if gpuid is not None else f"number_of_gpus={number_of_gpus}"
-                raise _too_late(f"{what} (the visible GPUs)", err) from None
-    for gpu in gpus:
-        if gpu_limit is not None:
-            # CUDA numbers the visible GPUs like TensorFlow: /physical_device:GPU:<n>.
-            total_mb = _nvidia_total_mb(int(gpu.name.rsplit(":", 1)[1]))
-            wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=int(gpu_limit * total_mb))]
-            if tf.config.get_logical_device_configuration(gpu) != wanted:
-                try:
-                    tf.config.set_logical_device_configuration(gpu, wanted)
-                except RuntimeError as err:
-                    raise _too_late(f"gpu_limit={gpu_limit}", err) from None
-        elif tf.config.get_logical_device_configuration(gpu) is None:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass  # already running: keep its memory policy (growth is only a nicety)
-    if multi_gpu and not gpus and not os.environ.get("TF_CONFIG"):
-        _tf_split_host_cpu(number_of_gpus)
-
-
-def _tf_split_host_cpu(n):
-    """Split the host CPU into ``n`` logical devices (TensorFlow, no GPU).
-
-    MirroredStrategy then runs its usual replica code on them: no speed-up,
-    but the multi-device path runs and can be tested without a GPU.
-    """
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu) or []
-    if len(current) >= n:
-        return  # already split (an earlier call in this process)
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError as err:
-        raise _too_late(f"multi_gpu without a GPU splits the CPU into number_of_gpus={n} "
-                        "devices", err) from None
-    _cpu_split_note(n)
-
-
-def _cpu_split_note(n):
-    print(f"multi_gpu: no GPU found; the CPU is split into {n} logical devices (same code path, "
-          "no speed-up)")
-
-
-def _tf_strategy(n):
-    """MultiWorkerMirroredStrategy with TF_CONFIG, else MirroredStrategy on ``n`` devices."""
-    import tensorflow as tf
-
-    if os.environ.get("TF_CONFIG"):
-        # Several machines: TF_CONFIG names the workers and this one's index; each
-        # worker uses its local GPUs (configure_gpus hid all but n), or its CPU.
-        return _tf_fix_multiworker_reduce(tf.distribute.MultiWorkerMirroredStrategy())
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-    kind = "GPU"
-    if not devices:
-        devices, kind = [d.name for d in tf.config.list_logical_devices("CPU")], "CPU"
-    if len(devices) < n:
-        _fewer_devices(kind, len(devices), n)
-    return tf.distribute.MirroredStrategy(devices=devices[:n])
-
-
-def _tf_fix_multiworker_reduce(strategy):
-    """Make ``strategy.reduce`` accept the two calls Keras 3's ``fit`` makes.
-
-    Keras 3 (checked with 3.15) fails under MultiWorkerMirroredStrategy
-    (keras-team/keras#20585): it reduces the first (x, y) batch as one
-    structure with ``axis=None`` (to build the model), and each scalar
-    metric with ``axis=0``. Reduce each element separately, and scalars over
-    the replicas only, which is what both calls mean.
-    """
-    import tensorflow as tf
-
-    reduce = strategy.reduce
-
-    def reduce_each(reduce_op, value, axis=None):
-        def one(v):
-            parts = getattr(v, "values", (v,))
-            scalar = all(getattr(p, "shape", None) is not None and p.shape.rank == 0 for p in parts)
-            return reduce(reduce_op, v, None if scalar else axis)
-        return tf.nest.map_structure(one, value)
-
-    strategy.reduce = reduce_each
-    return strategy
-
-
-def _configure_jax(gpu_limit, gpuid, multi_gpu, number_of_gpus):
-    """JAX: settings JAX reads when it creates its backends (its first computation).
-
-    Applied here while JAX has not started (the command line has set their
-    environment equivalents already). Afterwards the GPU memory is reserved
-    and the device list fixed: gpuid then only makes that GPU the default
-    device, and a different gpu_limit or too few CPU devices raise.
-    """
-    import jax
-
-    started = _jax_started()
-    if not started:
-        if gpu_limit is not None:
-            os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(gpu_limit)
-        if multi_gpu and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-            # Splits only the host (CPU) platform, so harmless where there are GPUs.
-            jax.config.update("jax_num_cpu_devices", number_of_gpus)
-        if gpuid is not None:
-            jax.config.update("jax_cuda_visible_devices", str(_visible_gpu_index(gpuid)))
-    elif gpu_limit is not None and os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") != str(gpu_limit):
-        raise _too_late(f"gpu_limit={gpu_limit}", "GPU memory already reserved")
-    gpus = _jax_gpus()
-    if gpuid is not None:
-        # Not started: that GPU is the only one left, so only "none at all" is checked.
-        index = _visible_gpu_index(gpuid, len(gpus)) if started or not gpus else 0
-        if len(gpus) > 1:
-            jax.config.update("jax_default_device", gpus[index])
-    if multi_gpu and not gpus:
-        n_cpu = len(jax.devices("cpu"))
-        if started and n_cpu < number_of_gpus:
-            raise _too_late(f"multi_gpu without a GPU splits the CPU into number_of_gpus="
-                            f"{number_of_gpus} devices", f"{n_cpu} CPU device(s)")
-        if n_cpu >= number_of_gpus:
-            _cpu_split_note(number_of_gpus)
-
-
-def _jax_started():
-    """Whether JAX already created its backends (then device settings are fixed)."""
-    try:
-        from jax._src import xla_bridge
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # private API moved: assume it has started
-        return True
-
-
-def _jax_gpus():
-    import jax
-
-    try:
-        return jax.devices("gpu")
-    except RuntimeError:  # no GPU platform
-        return []
-
-
-def _jax_data_parallel(n):
-    """``keras.distribution.DataParallel`` over ``n`` GPUs, else ``n`` host CPU devices."""
-    if os.environ.get("TF_CONFIG"):
-        raise ValueError("TF_CONFIG (training on several machines) is supported on the "
-                         "tensorflow backend; unset it, or set KERAS_BACKEND=tensorflow")
-    kind = "GPU" if _jax_gpus() else "CPU"
-    devices = keras.distribution.list_devices(kind.lower())
-    if len(devices) < n:
-        _fewer_devices(kind, len(devices), n)
-    return keras.distribution.DataParallel(devices=devices[:n])
-
-
-def _nvidia_total_mb(index):
-    """Total memory (MB) of the index-th GPU visible to this process."""
-    import subprocess
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    device = visible[index].strip() if index < len(visible) and visible[index].strip() else str(index)
-    out = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=memory.total",
-                          "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout
-    return float(out.split()[0])
-
-
-# --------------------------------------------------------------------------
-# Reports and figures
-# --------------------------------------------------------------------------
-def write_report(path, title, items):
-    """Write ``name: value`` lines to a text report (temporary file, then rename)."""
-    import datetime
-
-    text = [f"{title} report, {datetime.datetime.now().isoformat(timespec='seconds')}"]
-    text += [f"{name}: {value}" for name, value in items]
-    atomic_write_text(path, "\n".join(text) + "\n")
-
-
-def plot_history(history, path):
-    """Loss curves (training and validation) per epoch, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "val_loss"):
-        if history.get(key):
-            ax.plot(np.arange(1, len(history[key]) + 1), history[key], marker="o", label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = f"{path}.partial{os.getpid()}"
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------
-# Monte-Carlo dropout
-# --------------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="utrans")
-class MCDropout(layers.Dropout):
-    """Dropout that also samples at inference (Monte-Carlo dropout)."""
-
-    def call(self, inputs, training=None):
-        return super().call(inputs, training=True)
-
-
-@keras.saving.register_keras_serializable(package="utrans")
-class MCStochasticDepth(ub.StochasticDepth):
-    """Stochastic depth that also samples at inference."""
-
-    def call(self, x, training=None):
-        return super().call(x, training=True)
-
-
-@keras.saving.register_keras_serializable(package="utrans")
-class MCMultiHeadAttention(layers.MultiHeadAttention):
-    """Multi-head attention whose attention dropout also samples at inference."""
-
-    def call(self, query, value, key=None, **kwargs):
-        kwargs["training"] = True
-        return super().call(query, value, key, **kwargs)
-
-
-_MC_CLASSES = {layers.Dropout: MCDropout, ub.StochasticDepth: MCStochasticDepth,
-               layers.MultiHeadAttention: MCMultiHeadAttention}
-
-
-def mc_sampling_model(model, seed=None):
-    """A copy of ``model`` whose dropout-type layers sample at inference.
-
-    Dropout, StochasticDepth and the attention dropout draw new masks on
-    every call, while BatchNormalization stays in inference mode (the copy is
-    only ever run with ``predict``, so its moving statistics are neither used
-    nor updated from the batch). convF1's closing Dropout, which upstream
-    never applies, stays off. Built once: N samples cost N forward passes of
-    a compiled predict function. ``seed`` fixes every layer's random stream
-    (layer i gets seed + i), so the same seed gives the same samples.
-    """
-    counter = iter(range(10**6))
-
-    def clone(layer):
-        config = layer.get_config()
-        cls = _MC_CLASSES.get(type(layer))
-        if cls is None or layer.name.startswith(ub.FROZEN_DROPOUT_PREFIX):
-            return layer.__class__.from_config(config)
-        if seed is not None:
-            config["seed"] = int(seed) + next(counter)
-        return cls.from_config(config)
-
-    sampler = keras.models.clone_model(model, clone_function=clone)
-    sampler.set_weights(model.get_weights())
-    return sampler
-
-
-# --------------------------------------------------------------------------
-# Training safety: atomic files, NaN guard, resumable state
-# --------------------------------------------------------------------------
-def atomic_save_weights(model, path):
-    """``model.save_weights`` to a temporary name in the same folder, then rename:
-    a kill at any moment leaves either the old or the new complete file."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name[:-len('.weights.h5')]}.partial{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def atomic_write_text(path, text):
-    """Write text to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.partial{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Save the weights (atomically) each time ``monitor`` improves.
-
-    Like ``ModelCheckpoint(save_best_only=True, save_weights_only=True)``
-    with ``{epoch:03d}`` in the name, but a kill during a save never leaves a
-    truncated checkpoint, and its best value can be restored on resume.
-    """
-
-    def __init__(self, filepath, monitor="val_loss", verbose=1):
-        super().__init__()
-        self.filepath, self.monitor, self.verbose = filepath, monitor, verbose
-        self.best, self.best_path = math.inf, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
-        if current is None or not np.isfinite(current) or current >= self.best:
-            return
-        path = self.filepath.format(epoch=epoch + 1)
-        atomic_save_weights(self.model, path)
-        if self.verbose:
-            print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5g} to "
-                  f"{current:.5g}; saved {path}")
-        self.best, self.best_path = float(current), path
-
-    def get_state(self):
-        return {"best": self.best, "best_path": self.best_path}
-
-    def set_state(self, state):
-        self.best, self.best_path = state["best"], state["best_path"]
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose wait/best survive a resume."""
-
-    _restored = None
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._restored:
-            self.wait, self.best = self._restored["wait"], self._restored["best"]
-
-    def get_state(self):
-        best = self.best if self.best is None else float(self.best)
-        return {"wait": int(self.wait), "best": best}
-
-    def set_state(self, state):
-        self._restored = state
-
-
-class NaNGuard(keras.callbacks.Callback):
-    """Stop at the first non-finite training loss and remember which traces
-    made that batch, so the run can name them."""
-
-    def __init__(self, generator):
-        super().__init__()
-        self.generator = generator
-        self.epoch = 0
-        self.bad = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
-            self.bad = {"epoch": self.epoch + 1, "batch": batch + 1,
-                        "traces": list(dict.fromkeys(self.generator.batch_ids(batch)))}
-            self.model.stop_training = True
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Add ``train_time_s`` (the training pass: loading, augmentation and
-    steps, without validation), ``epoch_time_s`` and ``train_traces_per_s`` to
-    each epoch's logs, hence to history.csv. Put it first in the callback list."""
-
-    def __init__(self, traces_per_epoch):
-        super().__init__()
-        self.traces_per_epoch = int(traces_per_epoch)
-        self._start = self._train_end = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._train_end = time.perf_counter(), None
-
-    def on_test_begin(self, logs=None):
-        if self._start is not None and self._train_end is None:
-            self._train_end = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or self._start is None:
-            return
-        now = time.perf_counter()
-        train = (self._train_end or now) - self._start
-        logs["train_time_s"] = train
-        logs["epoch_time_s"] = now - self._start
-        logs["train_traces_per_s"] = self.traces_per_epoch / train if train > 0 else math.nan
-
-
-class TrainingState(keras.callbacks.Callback):
-    """Everything a resumed run needs, written at the end of every epoch.
-
-    ``<state_dir>/epoch_XXX.weights.h5`` holds the model and optimizer
-    variables; ``state.json`` the completed epoch count, the history, and the
-    states of the stateful callbacks (plateau factor, early stopping, best
-    checkpoint). Weights are written first and state.json is renamed into
-    place last, so it always points to a complete weights file. The
-    history CSV is rewritten whole (atomically) every epoch.
-    """
-
-    STATE = "state.json"
-
-    def __init__(self, state_dir, history_csv, stateful, history=None):
-        super().__init__()
-        self.state_dir, self.history_csv = state_dir, history_csv
-        self.stateful = stateful
-        self.history = {k: list(v) for k, v in (history or {}).items()}
-
-    def on_epoch_end(self, epoch, logs=None):
-        import pandas as pd
-
-        if not all(np.isfinite(float(v)) for k, v in (logs or {}).items() if "loss" in k):
-            return   # a NaN/Inf epoch must not replace the last good snapshot
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        weights = os.path.join(self.state_dir, f"epoch_{epoch + 1:03d}.weights.h5")
-        atomic_save_weights(self.model, weights)
-        state = {"epochs_done": epoch + 1, "weights": os.path.basename(weights),
-                 "stopped_early": bool(self.model.stop_training), "history": self.history,
-                 "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
-        table = pd.DataFrame(self.history)
-        table.insert(0, "epoch", np.arange(len(table)))
-        atomic_write_text(self.history_csv, table.to_csv(index=False))
-        # state.json last: it commits the epoch once everything it names exists.
-        atomic_write_text(os.path.join(self.state_dir, self.STATE), json.dumps(state, indent=1))
-        for old in os.listdir(self.state_dir):   # only this callback's own older snapshots
-            if old.startswith("epoch_") and old != os.path.basename(weights):
-                os.remove(os.path.join(self.state_dir, old))
-
-
-def fit_reporting(model, generators, **fit_kwargs):
-    """``model.fit``, then raise the TraceError a generator met (it names the trace).
-
-    A generator that meets a bad trace records the error and serves a NaN
-    batch (see DataGenerator.__getitem__), so the error surfaces here in the
-    main thread rather than wrapped by the backend's input pipeline.
-    """
-    def failure():
-        return next((g.failure for g in generators if getattr(g, "failure", None)), None)
-
-    try:
-        history = model.fit(**fit_kwargs)
-    except Exception:
-        if failure() is not None:
-            raise failure() from None
-        raise
-    if failure() is not None:
-        raise failure()
-    return history
-
-
-def read_training_state(state_dir):
-    """The saved state of an interrupted run, or None if it never finished an epoch."""
-    path = os.path.join(state_dir, TrainingState.STATE)
-    return json.loads(Path(path).read_text()) if os.path.isfile(path) else None

@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
-from cli_common import Formatter  # noqa: E402
+from utrans_loc.cli import Formatter  # noqa: E402
 
 DEFAULT_WEIGHTS = os.path.join("weights", "UTrans_Foundation.h5")
 

@@ -18,7 +18,6 @@ arguments (its work folder is OUTPUT_HDF5.partial/). Existing outputs are never
 overwritten.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,14 +26,14 @@ for _p in (str(_HERE.parent), str(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import cli_common  # noqa: E402
+from utrans_loc import cli  # noqa: E402
 
 
 def build_parser():
     """Argument parser (separate so it can be inspected and tested)."""
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli_common.Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.Formatter)
     p.add_argument("--stead_hdf5", nargs="+", required=True, metavar="HDF5",
                    help="STEAD waveform files (released data/<name> or older "
                         "earthquake/local/<name> layout), paired in order with --stead_csv")
@@ -74,10 +73,6 @@ def main(argv=None):
     """Run the command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
     prog = "build_california.py"
-    # The builder needs only numpy/scipy helpers of EqT_utils, whose module
-    # imports keras: the numpy backend avoids loading TensorFlow (half the
-    # start-up time and memory). A backend chosen by the user is kept.
-    os.environ.setdefault("KERAS_BACKEND", "numpy")
     from stead_california import build_california
 
     def log(message):

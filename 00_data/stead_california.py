@@ -46,8 +46,9 @@ for _p in (str(_HERE.parent), str(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import EqT_utils_Loc_California as U  # noqa: E402
-from synthetic_california import LAT_RANGE, LON_RANGE, _check_split, split_by_event  # noqa: E402
+from california import LAT_RANGE, LON_RANGE, check_split_fractions, split_by_event  # noqa: E402
+from utrans_loc import traces as T  # noqa: E402
+from utrans_loc.files import atomic_save  # noqa: E402
 
 __all__ = [
     "CA_POLYGON", "CA_BBOX", "Region", "make_region", "SkipTrace",
@@ -219,10 +220,10 @@ def check_inputs(stead_hdf5, stead_csv, filters=None):
             raise FileNotFoundError(f"STEAD HDF5 file not found: {path}")
         try:
             with h5py.File(path, "r") as fh:
-                layout = U.h5_layout(fh)
+                layout = T.h5_layout(fh)
         except OSError as err:
             raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
-        if layout == U.LAYOUT_COLLECTED:
+        if layout == T.LAYOUT_COLLECTED:
             raise ValueError(f"{path}: not a STEAD HDF5 file (no 'data' group of traces and no "
                              "'earthquake/local' group)")
     needed = set(_CSV_REQUIRED) | {_FILTER_COLUMN[k] for k, v in (filters or {}).items()
@@ -380,7 +381,7 @@ def process_trace(reader, trace_name, region):
 
     Parameters
     ----------
-    reader : EqT_utils_Loc_California._H5Reader
+    reader : utrans_loc.traces.H5Reader
         Reader of the STEAD file (``bandpass=False``: raw counts).
     trace_name : str
         The trace.
@@ -391,9 +392,9 @@ def process_trace(reader, trace_name, region):
     -------
     data : numpy.ndarray
         (6000, 3) float32: 1-45 Hz zero-phase Butterworth (2 corners) and a
-        cosine taper of 1 % per end, at most 2 s (``U.bandpass_taper``).
+        cosine taper of 1 % per end, at most 2 s (``T.bandpass_taper``).
     attrs : dict
-        Upstream attribute names (``U.stead_to_upstream``).
+        Upstream attribute names (``T.stead_to_upstream``).
 
     Raises
     ------
@@ -407,7 +408,7 @@ def process_trace(reader, trace_name, region):
         raise SkipTrace("missing", f"not in {reader.file_name}")
     try:
         raw = reader.waveform(trace_name, DIM)
-    except U.TraceError:
+    except T.TraceError:
         shape = reader.group(trace_name).shape
         raise SkipTrace("shape", f"waveform shape {shape}, expected {DIM}") from None
     if not np.isfinite(raw).all():
@@ -415,21 +416,21 @@ def process_trace(reader, trace_name, region):
     if not raw.any():
         raise SkipTrace("zero", "all-zero waveform")
     attrs = reader.attrs(trace_name)
-    missing = [n for n in _COORDS + ("depth",) if not math.isfinite(U.attr_float(attrs, n))]
+    missing = [n for n in _COORDS + ("depth",) if not math.isfinite(T.attr_float(attrs, n))]
     if missing:
         raise SkipTrace("coordinates", f"no usable {', '.join(missing)} in the HDF5 attributes")
-    values = {n: U.attr_float(attrs, n) for n in _COORDS}
+    values = {n: T.attr_float(attrs, n) for n in _COORDS}
     if not (region.contains(values["station_lat"], values["station_long"])[0]
             and region.contains(values["event_lat"], values["event_long"])[0]):
         raise SkipTrace("region", "station or event outside the region by the HDF5 attributes "
                                   "(the CSV placed it inside)")
-    return U.bandpass_taper(raw), attrs
+    return T.bandpass_taper(raw), attrs
 
 
 def _short(value):
     """A float with the stored precision: float32 0.45 -> 0.45, not 0.44999998807907104."""
     value = np.asarray(value).ravel()[0] if np.ndim(value) else value
-    number = U.attr_float({"v": value}, "v")
+    number = T.attr_float({"v": value}, "v")
     return float(str(value)) if isinstance(value, np.float32) and math.isfinite(number) \
         else number
 
@@ -443,7 +444,7 @@ def _record(trace_name, index, attrs, status, kind="", reason=""):
             rec[name] = attrs.get(name, "None")
         for name in _COORDS + ("depth", "magnitude", "source_distance_km"):
             rec[name] = _short(attrs.get(name, "None"))
-        snr = U.attr_snr(attrs)
+        snr = T.attr_snr(attrs)
         rec["snr_db"] = round(float(np.nanmean(snr)), 3) if np.isfinite(snr).any() else math.nan
         # Event key for the split: STEAD's source_id; without one, origin time
         # and epicentre (recordings of one event share them).
@@ -463,20 +464,6 @@ def output_paths(output_hdf5, output_dir):
             "valid": d / "valid_Events.npy", "test": d / "test_Events.npy",
             "traces_csv": d / "california_traces.csv",
             "skipped_csv": d / "skipped_traces.csv", "report": d / "build_report.txt"}
-
-
-def _atomic_write(path, write):
-    """Write through ``write(tmp_path)`` to a temporary name, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _save_npy(path, ids):
@@ -525,7 +512,7 @@ def _open_work_dir(work, manifest):
                              "to resume, or delete that folder to start over")
         return True
     work.mkdir(parents=True)
-    _atomic_write(man_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=2)))
+    atomic_save(man_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=2)))
     return False
 
 
@@ -541,9 +528,9 @@ def _selection(work, csvs, region, filters, chunk_rows, log):
         return selected, rejected, json.loads(cnt_path.read_text())
     log("selecting traces from " + ", ".join(csvs))
     selected, rejected, counts = select_traces(csvs, region, chunk_rows=chunk_rows, **filters)
-    _atomic_write(sel_path, lambda p: selected.to_csv(p, index=False))
-    _atomic_write(rej_path, lambda p: rejected.to_csv(p, index=False))
-    _atomic_write(cnt_path, lambda p: Path(p).write_text(json.dumps(counts, indent=2)))
+    atomic_save(sel_path, lambda p: selected.to_csv(p, index=False))
+    atomic_save(rej_path, lambda p: rejected.to_csv(p, index=False))
+    atomic_save(cnt_path, lambda p: Path(p).write_text(json.dumps(counts, indent=2)))
     return selected, rejected, counts
 
 
@@ -574,7 +561,7 @@ def _write_shard(rows, readers, region, path, bar, budget):
                 group.attrs.update(attrs)
                 records.append(_record(trace_name, index, attrs, "written"))
             bar.update(1)
-    _atomic_write(path.with_suffix(".csv"),
+    atomic_save(path.with_suffix(".csv"),
                   lambda p: pd.DataFrame(records, columns=_RECORD).to_csv(p, index=False))
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -591,7 +578,7 @@ def _process(work, selected, hdf5s, region, shard_size, progress, log, interrupt
     done = [p.exists() for p in shards]
     if any(done):
         log(f"resuming: {sum(done)} of {n_shards} shards already written in {work}")
-    readers = [U._H5Reader(p) for p in hdf5s]
+    readers = [T.H5Reader(p) for p in hdf5s]
     budget = None if interrupt_after is None else [int(interrupt_after)]
     n_done = sum(len(selected.iloc[k * shard_size:(k + 1) * shard_size])
                  for k in range(n_shards) if done[k])
@@ -613,7 +600,7 @@ def _process(work, selected, hdf5s, region, shard_size, progress, log, interrupt
 def _merge(shards, dest):
     """Copy every trace group of the shards into ``dest`` (atomic)."""
     if len(shards) == 1:
-        _atomic_write(dest, lambda tmp: shutil.copyfile(shards[0], tmp))
+        atomic_save(dest, lambda tmp: shutil.copyfile(shards[0], tmp))
         return
 
     def write(tmp):
@@ -622,7 +609,7 @@ def _merge(shards, dest):
                 with h5py.File(shard, "r") as src:
                     for name in src:
                         src.copy(src[name], out, name=name)
-    _atomic_write(dest, write)
+    atomic_save(dest, write)
 
 
 def _records(shards, rejected, hdf5s):
@@ -750,7 +737,7 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     for name, value in filters.items():
         if value is not None and not math.isfinite(float(value)):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-    split = _check_split(split)
+    split = check_split_fractions(split)
     if int(shard_size) < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if int(csv_chunk_rows) < 1:
@@ -806,9 +793,9 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
         _merge(shards, staged["hdf5"])
     staged.update({k: stage / paths[k].name for k in paths if k != "hdf5"})
     for name, ids in zip(SPLITS, parts):
-        _atomic_write(staged[name], lambda p, ids=ids: _save_npy(p, ids))
-    _atomic_write(staged["traces_csv"], lambda p: traces.to_csv(p, index=False))
-    _atomic_write(staged["skipped_csv"], lambda p: skipped.to_csv(p, index=False))
+        atomic_save(staged[name], lambda p, ids=ids: _save_npy(p, ids))
+    atomic_save(staged["traces_csv"], lambda p: traces.to_csv(p, index=False))
+    atomic_save(staged["skipped_csv"], lambda p: skipped.to_csv(p, index=False))
     counts = {"written": len(written),
               "skipped_reading": len(skipped) - len(rejected),
               "skipped_by_kind": {k: int(v) for k, v in skipped["kind"].value_counts().items()},
@@ -821,11 +808,11 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
             "counts": counts, "per_network": split_summary(traces), "processed": processed,
             "shards_resumed": resumed, "time_s": time.time() - start,
             "traces_per_s": processed / t_proc if processed and t_proc > 0 else math.nan}
-    _atomic_write(staged["report"], lambda p: Path(p).write_text(_report_text(info)))
+    atomic_save(staged["report"], lambda p: Path(p).write_text(_report_text(info)))
 
     # 4. Commit: record what goes where, then move (a rerun finishes the moves).
     moves = {k: [str(staged[k]), str(paths[k])] for k in paths}
-    _atomic_write(commit, lambda p: Path(p).write_text(json.dumps(moves, indent=2)))
+    atomic_save(commit, lambda p: Path(p).write_text(json.dumps(moves, indent=2)))
     return {**_finish(work, commit), **info}
 
 
@@ -843,7 +830,7 @@ def _finish(work, commit):
         try:
             os.replace(src, dst)
         except OSError:   # another file system: copy, then rename into place
-            _atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            atomic_save(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
             os.unlink(src)
     shutil.rmtree(work)
     return {"paths": {k: dst for k, (src, dst) in moves.items()}}

@@ -32,6 +32,8 @@ from geographiclib.geodesic import Geodesic
 from scipy import signal
 from tqdm import tqdm
 
+from california import LAT_RANGE, LON_RANGE, check_split_fractions, split_by_event
+
 __all__ = [
     "make_synthetic_california",
     "synthesize_trace",
@@ -47,9 +49,6 @@ N_SAMPLES = 6000    # 60 s traces
 VP_KM_S = 6.0
 VS_KM_S = 3.5
 
-# Region where events must lie (upstream California subset bounds).
-LAT_RANGE = (32.0, 42.0)
-LON_RANGE = (-125.0, -114.0)
 # Epicentral distance range of events from their recording station, km.
 EPI_RANGE_KM = (5.0, 150.0)
 # Window (samples) in which the P arrival is placed.
@@ -399,70 +398,6 @@ def _build_catalog(rng, n_traces, n_stations, n_noise, second_station_prob=0.2):
 
 
 # --------------------------------------------------------------------------
-# splits
-# --------------------------------------------------------------------------
-def _check_split(split):
-    try:
-        split = tuple(float(x) for x in split)
-    except (TypeError, ValueError):
-        raise ValueError(f"split must be three numbers, got {split!r}") from None
-    if len(split) != 3:
-        raise ValueError(f"split must have 3 values (train, valid, test), got {len(split)}")
-    if any(not math.isfinite(x) or x < 0 for x in split):
-        raise ValueError(f"split values must be non-negative, got {split}")
-    if abs(sum(split) - 1.0) > 1e-6:
-        raise ValueError(f"split values must sum to 1, got {split} (sum {sum(split):g})")
-    return split
-
-
-def split_by_event(trace_ids, source_ids, split=(0.7, 0.1, 0.2), seed=0):
-    """Split trace ids into train/valid/test, keeping each event in one split.
-
-    Parameters
-    ----------
-    trace_ids : sequence of str
-        Trace ids (earthquake traces only).
-    source_ids : sequence of str
-        Event id of each trace (same length as ``trace_ids``).
-    split : tuple of 3 floats
-        Fractions of *events* for train, valid and test; non-negative, sum 1.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    train, valid, test : numpy.ndarray
-        Arrays of trace-id strings (dtype str). A split with a positive
-        fraction gets at least one event when there are enough events.
-    """
-    split = _check_split(split)
-    trace_ids = np.asarray(trace_ids, dtype=str)
-    source_ids = np.asarray(source_ids, dtype=str)
-    if trace_ids.shape != source_ids.shape:
-        raise ValueError("trace_ids and source_ids must have the same length")
-    events = pd.unique(source_ids)
-    n = len(events)
-    # Largest-remainder allocation of events to splits.
-    exact = np.array(split) * n
-    counts = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    for i in range(3):  # no empty split that was asked for, if possible
-        if split[i] > 0 and counts[i] == 0 and counts.max() > 1:
-            counts[int(np.argmax(counts))] -= 1
-            counts[i] += 1
-    order = np.random.default_rng(seed).permutation(n)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    by_event = pd.Series(np.arange(len(trace_ids))).groupby(source_ids).apply(list)
-    out = []
-    for i in range(3):
-        ev = events[order[bounds[i]:bounds[i + 1]]]
-        idx = [j for e in ev for j in by_event[e]]
-        out.append(np.array(trace_ids[idx], dtype=str))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------
 def _check_params(n_traces, n_stations, n_noise, split, seed):
@@ -477,7 +412,7 @@ def _check_params(n_traces, n_stations, n_noise, split, seed):
     n_stations = _int("n_stations", n_stations, 1)
     n_noise = _int("n_noise", n_noise, 0)
     seed = _int("seed", seed, 0)
-    return n_traces, n_stations, n_noise, _check_split(split), seed
+    return n_traces, n_stations, n_noise, check_split_fractions(split), seed
 
 
 def output_paths(output_hdf5, output_dir):

@@ -12,13 +12,13 @@ import argparse
 import os
 import sys
 
-# Run from any working directory: loc_metrics lives in the repo root.
+# Run from any working directory: utrans_loc lives in the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cli_common  # noqa: E402
-import loc_metrics as lm  # noqa: E402
-
-RESULTS_NAME = 'X_test_results.csv'
+from utrans_loc import cli  # noqa: E402
+from utrans_loc import metrics as lm  # noqa: E402
+from utrans_loc.figures import make_figures  # noqa: E402
+from utrans_loc.metrics import RESULTS_NAME  # noqa: E402
 
 
 def reader(input, output_dir=None, figures=True):
@@ -72,7 +72,7 @@ def reader(input, output_dir=None, figures=True):
                                     coverage=out['coverage'], breakdown=out['breakdown'],
                                     reliability=reliability)
     if figures:
-        out['paths'] += lm.make_figures(df, errors, os.path.join(output_dir, 'figures'),
+        out['paths'] += make_figures(df, errors, os.path.join(output_dir, 'figures'),
                                         reliability=reliability, breakdown=out['breakdown'])
     return out
 
@@ -82,7 +82,7 @@ def _report(res):
     print(f"traces: {res['n_scored']} scored / {res['n_total']} total")
     if res['uncertainty'] is not None:
         print('\npredicted uncertainty (all traces):')
-        print(res['uncertainty'].to_string(index=False, float_format=lm._fmt))
+        print(res['uncertainty'].to_string(index=False, float_format=lm.fmt))
     if res['metrics'] is None:
         print(res['message'])
         return
@@ -90,7 +90,7 @@ def _report(res):
         print(f"wrote {p}")
     if res['breakdown'] is not None and len(res['breakdown']):
         print('\nbreakdown (epicentral MAE per bin, model vs constant predictor):')
-        print(res['breakdown'].to_string(index=False, float_format=lm._fmt))
+        print(res['breakdown'].to_string(index=False, float_format=lm.fmt))
     if res['coverage'] is not None:
         print('\nuncertainty calibration (fraction of truths inside 1 / 2 predicted sigma):')
         print(lm.format_table(res['coverage']))
@@ -106,13 +106,13 @@ def _report(res):
 
 def _parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=cli.Formatter)
     p.add_argument('--input', required=True,
                    help=f'tester output folder (NAME_outputs) holding {RESULTS_NAME}')
     p.add_argument('--output_dir', default=None,
                    help='folder for metrics.csv, metrics.md and figures/; if not given, the input folder')
     p.add_argument('--no_figures', action='store_true', help='skip writing figures/*.png')
-    p.add_argument('--debug', action='store_true', help='show full tracebacks on errors')
+    cli.add_debug(p)
     return p
 
 
@@ -120,7 +120,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit status."""
     args = vars(_parser().parse_args(argv))
     figures = not args.pop('no_figures')
-    return cli_common.run_main(
+    return cli.run_main(
         lambda input, output_dir: _report(reader(input, output_dir, figures=figures)),
         args, 'reader')
 

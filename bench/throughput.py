@@ -38,8 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_RSS_HEAD = dict(convmixer_filters=16, convmixer_depth=2)
 HEADS = {"published": dict(convmixer_filters=512, convmixer_depth=10),
          "small": dict(convmixer_filters=64, convmixer_depth=4)}
-CALIFORNIA_AUGMENTATION = dict(augmentation=True, shift_event_r=0.99, add_noise_r=0.5,
-                               drop_channe_r=0.1)
 
 
 def build_parser():
@@ -97,10 +95,12 @@ def synthetic_file(workdir, n_traces):
 def generator_rate(data, batch_size, min_seconds=5.0):
     """(a) traces/s of the training DataGenerator, main thread pinned to one core."""
     import EqT_utils_Loc_California as U
+    from utrans_loc.splits import load_ids, read_metadata
 
-    ids = U.load_ids(data["train"])
+    ids = load_ids(data["train"])
     gen = U.DataGenerator(ids, data["hdf5"], batch_size=batch_size, seed=0,
-                          metadata=U.read_metadata(data["hdf5"], ids), **CALIFORNIA_AUGMENTATION)
+                          metadata=read_metadata(data["hdf5"], ids), augmentation=True,
+                          **U.CALIFORNIA_AUGMENTATION)
     cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cores)})
     try:
@@ -121,11 +121,13 @@ def model_rates(data, args, head):
     import keras
 
     import EqT_utils_Loc_California as U
+    from utrans_loc.devices import precision_policy
+    from utrans_loc.splits import load_ids
 
-    ids = U.load_ids(data["train"])
+    ids = load_ids(data["train"])
     x, y = U.DataGenerator(ids, data["hdf5"], batch_size=args.batch_size, seed=0,
-                           **CALIFORNIA_AUGMENTATION)[0]
-    with U.precision_policy(args.precision):
+                           augmentation=True, **U.CALIFORNIA_AUGMENTATION)[0]
+    with precision_policy(args.precision):
         model = U.build_location_model(**head)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse", metrics=["mae"],
                       jit_compile="auto" if args.jit_compile is None else args.jit_compile)

@@ -11,6 +11,7 @@ import pytest
 from conftest import FOUNDATION_H5, PARITY, ROOT, STEAD_SAMPLE, need
 
 import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints
 import utrans_backbone as ub
 
 
@@ -149,8 +150,9 @@ ref = np.load({ref!r})
 lat = np.asarray(ub.latent_model(m).predict(ref["x"], verbose=0))
 rec = np.asarray(m.predict(ref["x"], verbose=0))
 import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints
 loc = U.build_location_model()
-U.load_location_weights(loc, {ckpt!r})
+checkpoints.load_location_weights(loc, {ckpt!r})
 lref = np.load({lref!r})
 pred = np.asarray(loc.predict(lref["x"], verbose=0))
 print(float(np.abs(lat - ref["latent"]).max()), float(np.abs(rec - ref["reconstruction"]).max()),

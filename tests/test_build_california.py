@@ -13,6 +13,7 @@ from scipy.signal import butter, sosfiltfilt
 from scipy.signal.windows import tukey
 
 import EqT_utils_Loc_California as U
+from utrans_loc import splits, traces
 import stead_california as sc
 
 CLI = ROOT / "00_data" / "build_california.py"
@@ -143,8 +144,8 @@ def test_region_polygon_and_bbox():
 # ----------------------------------------------------------------- attribute mapping
 def test_stead_attributes_map_to_the_upstream_names():
     ids = np.load(need(PARITY / "collected_50_ids.npy"))
-    reader = U._H5Reader(need(STEAD_SAMPLE))
-    assert reader.layout == U.LAYOUT_STEAD_OLD
+    reader = traces.H5Reader(need(STEAD_SAMPLE))
+    assert reader.layout == traces.LAYOUT_STEAD_OLD
     with h5py.File(need(PARITY / "collected_50.hdf5"), "r") as ref:
         for cid in ids:
             name = re.sub(r"_\d{5}_EV$", "_EV", cid)
@@ -159,7 +160,7 @@ def test_stead_attributes_map_to_the_upstream_names():
            "source_latitude": "None", "source_longitude": np.nan, "source_depth_km": "",
            "coda_end_sample": np.array([[2896.0]]), "snr_db": "[56.8 55.4 47.4]",
            "source_id": 8556349, "trace_category": "noise"}
-    out = U.stead_to_upstream(odd)
+    out = traces.stead_to_upstream(odd)
     assert out["station_lat"] == 33.5 and out["station_long"] == np.float32(-117.0)
     assert out["event_lat"] == out["event_long"] == out["depth"] == out["magnitude"] == "None"
     assert out["coda_end_sample"] == 2896.0 and np.ndim(out["coda_end_sample"]) == 0
@@ -167,7 +168,7 @@ def test_stead_attributes_map_to_the_upstream_names():
     assert (out["data_category"], out["event_label"], out["AI_Set"], out["P_polarity"]) == \
         ("noise", 0, "STEAD", "None")
     assert out["source_id"] == "8556349" and out["trace_start_time"] == "None"
-    assert U.stead_to_upstream({}, category="earthquake_local")["data_category"] == "earthquake"
+    assert traces.stead_to_upstream({}, category="earthquake_local")["data_category"] == "earthquake"
     assert set(UPSTREAM_ATTRS) <= set(out)
 
 
@@ -188,21 +189,22 @@ def test_generator_reads_the_older_stead_layout_directly():
     (xp,) = U.DataGeneratorPrediction(names, STEAD_SAMPLE, batch_size=8, bandpass=True)[0]
     np.testing.assert_array_equal(xp, xb)
 
-    meta = U.check_split(STEAD_SAMPLE, names, "test split")
+    meta = splits.check_split(STEAD_SAMPLE, names, "test split", U.MAX_D, U.MIN_D)
     assert np.isfinite(meta[["event_lat", "depth_km", "snr_db", "source_distance_km"]]
                        .to_numpy(float)).all()
 
 
 def test_generator_reads_the_released_layout_and_rejects_noise(tmp_path):
     (noise_h5, _), (eq_h5, _) = _released_pair(tmp_path)[0].values()
-    assert U._H5Reader(eq_h5).layout == U.LAYOUT_STEAD
+    assert traces.H5Reader(eq_h5).layout == traces.LAYOUT_STEAD
     names = ["TWO.CI_20060723155859_EV", "NEV.NN_1_EV"]
     x, y = U.DataGenerator(names, eq_h5, batch_size=2, shuffle=False)[0]
     assert x.shape == (2, 6000, 3) and np.isfinite(y).all()
     with pytest.raises(U.TraceError, match="NOI0.TA_20100101000000_NO"):
-        U.check_split(noise_h5, ["NOI0.TA_20100101000000_NO"], "input_trainset")
+        splits.check_split(noise_h5, ["NOI0.TA_20100101000000_NO"], "input_trainset", U.MAX_D,
+                           U.MIN_D)
     with pytest.raises(U.TraceError, match="not in"):
-        U.read_metadata(eq_h5, ["NOPE_EV"])
+        splits.read_metadata(eq_h5, ["NOPE_EV"])
 
 
 # ------------------------------------------------------------------------- building

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_HEAD
+from utrans_loc import devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def _equivalence_worker():
     import EqT_utils_Loc_California as U
     import utrans_backbone as ub
 
-    U.configure_gpus(multi_gpu=True, number_of_gpus=2)  # before the backend starts
+    devices.configure_gpus(multi_gpu=True, number_of_gpus=2)  # before the backend starts
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 6000, 3)).astype("float32")
     y = rng.normal(scale=0.3, size=(4, 3)).astype("float32")
@@ -109,7 +110,7 @@ def _equivalence_worker():
         return layer.__class__.from_config(config)
 
     def train(multi_gpu):
-        with U.distribution_scope(multi_gpu, 2):
+        with devices.distribution_scope(multi_gpu, 2):
             model = keras.models.clone_model(
                 U.build_location_model(foundation_weights=None, **SMALL_HEAD),
                 clone_function=without_dropout)
@@ -117,7 +118,7 @@ def _equivalence_worker():
             model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
         # 3 epochs of one batch each: History holds the loss of every step.
         history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
-        return history.history["loss"], U.replica_count(model), _copies(model.weights[0])
+        return history.history["loss"], devices.replica_count(model), _copies(model.weights[0])
 
     # One device first: on JAX the distribution is process-wide once set.
     (loss1, rep1, copies1), (loss2, rep2, copies2) = train(False), train(True)
@@ -193,15 +194,15 @@ def _multiworker_worker():
 
     import EqT_utils_Loc_California as U
 
-    U.configure_gpus(multi_gpu=True, number_of_gpus=1)
+    devices.configure_gpus(multi_gpu=True, number_of_gpus=1)
     x, y = _linear_data()
-    with U.distribution_scope(True, 1):
+    with devices.distribution_scope(True, 1):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, kernel_initializer="zeros")])
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     return {"multi_worker": isinstance(model.distribute_strategy,
                                        tf.distribute.MultiWorkerMirroredStrategy),
-            "replicas": U.replica_count(model), "loss": history.history["loss"],
+            "replicas": devices.replica_count(model), "loss": history.history["loss"],
             "weights": [w.tolist() for w in model.get_weights()]}
 
 
@@ -242,7 +243,7 @@ def test_trainer_cli_on_two_devices(tiny_set, tmp_path):
 def test_cli_multi_gpu_gives_jax_two_host_devices():
     """The command line's XLA_FLAGS (set before JAX starts) split the CPU for JAX."""
     pytest.importorskip("jax", reason="the JAX backend is not installed")
-    script = ("import cli_common; cli_common.prepare_environment(['--multi_gpu', "
+    script = ("from utrans_loc import cli; cli.prepare_environment(['--multi_gpu', "
               "'--number_of_gpus', '2']); import os, jax; "
               "print(os.environ['XLA_FLAGS']); print(len(jax.devices('cpu')))")
     out = _run(["-c", script], "jax", XLA_FLAGS="--xla_cpu_enable_fast_math=false")
@@ -282,7 +283,7 @@ def _errors_worker():
             import tensorflow as tf
             tf.constant(1.0) + 1.0  # starts the runtime
         try:
-            U.configure_gpus(**kwargs)
+            devices.configure_gpus(**kwargs)
             messages[name] = "ok"
         except ValueError as err:
             messages[name] = str(err)

@@ -9,6 +9,7 @@ import pytest
 from conftest import PARITY, need, rng
 
 import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints, splits
 
 HIGH_SNR = np.array([30.0, 30.0, 30.0])
 LOW_SNR = np.array([30.0, 8.0, 30.0])
@@ -178,8 +179,9 @@ def test_noise_trace_in_split_is_an_error_naming_it(synthetic):
     assert isinstance(gen.failure, U.TraceError)
     assert synthetic["noise_ids"][0] in str(gen.failure)
     with pytest.raises(U.TraceError, match=synthetic["noise_ids"][0]):
-        U.check_split(synthetic["hdf5"], ids, "train")
-    meta = U.check_split(synthetic["hdf5"], ids, "test", require_labels=False)
+        splits.check_split(synthetic["hdf5"], ids, "train", U.MAX_D, U.MIN_D)
+    meta = splits.check_split(synthetic["hdf5"], ids, "test", U.MAX_D, U.MIN_D,
+                              require_labels=False)
     assert meta["event_lat"].isna().sum() == 1
 
 
@@ -188,7 +190,7 @@ def test_generator_rejects_small_splits_and_unknown_ids(synthetic):
     with pytest.raises(ValueError, match="smaller than one batch"):
         U.DataGenerator(ids[:3], synthetic["hdf5"], batch_size=8)
     with pytest.raises(U.TraceError, match="NOT_A_TRACE"):
-        U.read_metadata(synthetic["hdf5"], list(ids[:2]) + ["NOT_A_TRACE"])
+        splits.read_metadata(synthetic["hdf5"], list(ids[:2]) + ["NOT_A_TRACE"])
 
 
 def test_prediction_generator_keeps_every_trace_in_order(synthetic):
@@ -200,12 +202,12 @@ def test_prediction_generator_keeps_every_trace_in_order(synthetic):
 
 # ----------------------------------------------------------------- learning rate
 def test_lr_schedule_upstream_values():
-    assert U._lr_schedule(0) == 1e-4 and U._lr_schedule(20) == 1e-4
-    assert math.isclose(U._lr_schedule(21), 1e-5)
-    assert math.isclose(U._lr_schedule(41), 1e-6)
-    assert math.isclose(U._lr_schedule(61), 1e-7)
-    assert math.isclose(U._lr_schedule(91), 5e-8)
-    assert math.isclose(U._lr_schedule(5, base_lr=1e-3), 1e-3)
+    assert U.lr_schedule(0) == 1e-4 and U.lr_schedule(20) == 1e-4
+    assert math.isclose(U.lr_schedule(21), 1e-5)
+    assert math.isclose(U.lr_schedule(41), 1e-6)
+    assert math.isclose(U.lr_schedule(61), 1e-7)
+    assert math.isclose(U.lr_schedule(91), 5e-8)
+    assert math.isclose(U.lr_schedule(5, base_lr=1e-3), 1e-3)
 
 
 def test_plateau_reductions_survive_the_schedule():
@@ -232,7 +234,7 @@ def test_published_location_model_size():
     assert model.count_params() == 4_079_659
     assert model.output_shape == (None, 3)
     assert model.get_layer("output_layer").dtype_policy.compute_dtype == "float32"
-    assert U.infer_head_from_legacy_h5(need(PARITY / "location_ckpt_keras2.h5")) == {
+    assert checkpoints.infer_head_from_legacy_h5(need(PARITY / "location_ckpt_keras2.h5")) == {
         "convmixer_filters": 512, "convmixer_depth": 10, "convmixer_kernel": 13,
         "convmixer_patch": 10}
 
@@ -243,7 +245,7 @@ def test_location_weights_of_another_head_are_refused(tmp_path):
     small.save_weights(path)
     other = U.build_location_model(convmixer_filters=32, convmixer_depth=2)
     with pytest.raises(Exception, match="small.weights.h5"):
-        U.load_location_weights(other, path)
+        checkpoints.load_location_weights(other, path)
 
 
 def test_picks_follow_the_shift_and_wrapped_picks_are_dropped():

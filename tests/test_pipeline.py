@@ -11,6 +11,7 @@ import pytest
 from conftest import PARITY, ROOT, SMALL_HEAD, need, working_dir
 
 import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints
 import reader as rd
 import tester1 as t1
 import trainer1 as tr
@@ -39,9 +40,9 @@ def test_trainer_outputs(trained):
     out = trained["output_dir"]
     assert os.path.basename(out) == "tiny_outputs"
     models = sorted(os.listdir(os.path.join(out, "models")))
-    assert U.MODEL_CONFIG_NAME in models
+    assert checkpoints.MODEL_CONFIG_NAME in models
     assert all(m.startswith("tiny_0") and m.endswith(".weights.h5")
-               for m in models if m != U.MODEL_CONFIG_NAME)
+               for m in models if m != checkpoints.MODEL_CONFIG_NAME)
     assert os.path.isfile(trained["best_weights"])
     history = pd.read_csv(os.path.join(out, "history.csv"))
     assert list(history["epoch"]) == [0, 1]

@@ -11,7 +11,7 @@ from geographiclib.geodesic import Geodesic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import loc_metrics as lm  # noqa: E402
+from utrans_loc import metrics as lm  # noqa: E402
 
 READER = os.path.join(ROOT, '03_read', 'reader.py')
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import EqT_utils_Loc_California as U
+from utrans_loc import splits, training
 import trainer1 as tr
 
 TRAIN = "01_train/trainer1.py"
@@ -163,7 +164,7 @@ def test_zero_trace_trains_and_predicts_finite(bad, tmp_path):
 
 def test_depth_outside_range_is_counted_not_fatal(synthetic, capsys):
     ids = np.load(synthetic["train"])
-    meta = U.check_split(synthetic["hdf5"], ids, "train", max_d=3.0, min_d=1e-5)
+    meta = splits.check_split(synthetic["hdf5"], ids, "train", max_d=3.0, min_d=1e-5)
     assert len(meta) == len(ids)
     assert "outside [1e-05, 3.0]" in capsys.readouterr().err
 
@@ -231,7 +232,7 @@ def test_kill_during_second_epoch_then_resume(synthetic, tmp_path):
 def test_interrupted_best_checkpoint_is_set_aside(tmp_path):
     for epoch in (1, 2, 3):
         (tmp_path / f"run_{epoch:03d}.weights.h5").write_bytes(b"w")
-    tr.set_aside_interrupted_checkpoints(str(tmp_path), "run", epochs_done=2)
+    training.set_aside_interrupted_checkpoints(str(tmp_path), "run", epochs_done=2)
     assert sorted(os.listdir(tmp_path)) == ["run_001.weights.h5", "run_002.weights.h5",
                                             "run_003.weights.h5.interrupted"]
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import PARITY, ROOT, SMALL_HEAD, need, working_dir
 
 import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints, devices, splits, traces
 import tester1 as te
 import trainer1 as t1
 
@@ -24,7 +25,7 @@ def _batches(gen, n=4):
 
 def test_metadata_table_and_preload_give_the_same_batches(synthetic):
     ids = np.load(synthetic["train"])
-    meta = U.read_metadata(synthetic["hdf5"], ids)
+    meta = splits.read_metadata(synthetic["hdf5"], ids)
     kw = dict(batch_size=8, seed=11, **CALIFORNIA)
     lazy = _batches(U.DataGenerator(ids, synthetic["hdf5"], **kw))
     for other in (U.DataGenerator(ids, synthetic["hdf5"], metadata=meta, **kw),
@@ -70,7 +71,7 @@ def test_preload_refuses_over_the_limit_naming_file_and_size(synthetic):
     ids = np.load(synthetic["train"])
     with pytest.raises(ValueError, match=r"syn\.hdf5\) needs 0\.\d+ GB, more than max_preload_gb"):
         U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, preload=True, max_preload_gb=0.001)
-    assert U.preload_size_gb(1000, (6000, 3)) == pytest.approx(0.072)
+    assert traces.preload_size_gb(1000, (6000, 3)) == pytest.approx(0.072)
 
 
 def test_preload_names_a_nan_trace_before_training(synthetic, tmp_path):
@@ -93,7 +94,7 @@ def test_preload_names_a_nan_trace_before_training(synthetic, tmp_path):
 
 def test_preload_limit_counts_training_and_validation_together(synthetic, tmp_path):
     n_train, n_valid = (len(np.load(synthetic[k])) for k in ("train", "valid"))
-    limit = U.preload_size_gb(n_train + n_valid // 2, (6000, 3))   # fits either split alone
+    limit = traces.preload_size_gb(n_train + n_valid // 2, (6000, 3))   # fits either split alone
     with working_dir(tmp_path):
         with pytest.raises(ValueError, match=r"syn\.hdf5, training and validation sets\) needs"):
             t1.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
@@ -104,10 +105,10 @@ def test_preload_limit_counts_training_and_validation_together(synthetic, tmp_pa
 
 
 def test_available_memory_is_positive_where_readable():
-    free = U.available_memory_gb()
+    free = traces.available_memory_gb()
     assert free is None or free > 0
     with pytest.raises(ValueError, match=r"needs .* only .* GB of memory is available"):
-        U.check_preload(10**9, (6000, 3), 10**9, "a huge split")
+        traces.check_preload(10**9, (6000, 3), 10**9, "a huge split")
 
 
 def test_traces_stored_as_datasets_named_by_the_id(synthetic, tmp_path):
@@ -150,12 +151,12 @@ def test_bfloat16_predictions_within_1e_2_of_float32():
     """Same weights (the upstream location checkpoint), 50 real traces."""
     ckpt = need(PARITY / "location_ckpt_keras2.h5")
     x = np.load(need(PARITY / "location_ref.npz"))["x"]
-    head = U.infer_head_from_legacy_h5(ckpt)
+    head = checkpoints.infer_head_from_legacy_h5(ckpt)
     pred = {}
     for precision in ("off", "bfloat16"):
-        with U.precision_policy(precision):
+        with devices.precision_policy(precision):
             model = U.build_location_model(**head)
-        U.load_location_weights(model, ckpt)
+        checkpoints.load_location_weights(model, ckpt)
         assert model.get_layer("output_layer").compute_dtype == "float32"
         assert model.layers[-2].compute_dtype == ("float32" if precision == "off" else "bfloat16")
         pred[precision] = np.asarray(model.predict(x, batch_size=25, verbose=0))
@@ -164,14 +165,14 @@ def test_bfloat16_predictions_within_1e_2_of_float32():
     diff = pred["bfloat16"] - pred["off"]
     assert 0 < np.linalg.norm(diff) / np.linalg.norm(pred["off"]) < 1e-2
     with pytest.raises(ValueError, match="mixed_precision"):
-        with U.precision_policy("fp8"):
+        with devices.precision_policy("fp8"):
             pass
 
 
 def test_float16_training_uses_loss_scaling(synthetic):
     ids = np.load(synthetic["train"])
     x, y = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0)[0]
-    with U.precision_policy("float16"):
+    with devices.precision_policy("float16"):
         model = U.build_location_model(**SMALL_HEAD)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -182,7 +183,7 @@ def test_float16_training_uses_loss_scaling(synthetic):
 def test_tester_pads_the_last_batch_and_reports_timings(trained, synthetic, tmp_path):
     ids = np.load(synthetic["test"])[:13]
     model = U.build_location_model(**SMALL_HEAD)
-    U.load_location_weights(model, trained["best_weights"])
+    checkpoints.load_location_weights(model, trained["best_weights"])
     whole = np.asarray(model.predict_on_batch(U.DataGeneratorPrediction(
         ids, synthetic["hdf5"], batch_size=13)[0][0]))
     timings = {}

@@ -11,7 +11,8 @@ from conftest import ROOT, SMALL_HEAD, working_dir
 from geographiclib.geodesic import Geodesic
 
 import EqT_utils_Loc_California as U
-import loc_metrics as lm
+from utrans_loc import checkpoints, uncertainty
+from utrans_loc import metrics as lm
 import reader as rd
 import tester1 as t1
 
@@ -19,7 +20,7 @@ import tester1 as t1
 @pytest.fixture(scope="module")
 def loaded(trained):
     model = U.build_location_model(**SMALL_HEAD)
-    U.load_location_weights(model, trained["best_weights"])
+    checkpoints.load_location_weights(model, trained["best_weights"])
     return model
 
 
@@ -52,7 +53,7 @@ def test_sampling_spread_reproducibility_and_batchnorm(loaded, batch):
 
 
 def test_sampling_model_keeps_upstream_frozen_dropout_off(loaded):
-    sampler = U.mc_sampling_model(loaded, seed=0)
+    sampler = uncertainty.mc_sampling_model(loaded, seed=0)
     kinds = {layer.name: type(layer).__name__ for layer in sampler.layers}
     frozen = [n for n in kinds if n.startswith("convf1_dropout")]
     assert len(frozen) == 3 and all(kinds[n] == "Dropout" for n in frozen)

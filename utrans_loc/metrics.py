@@ -3,20 +3,21 @@
 Reads the per-trace table written by the tester (``X_test_results.csv``),
 turns it into signed / absolute location errors, summary metrics (MAE, RMSE,
 median, 90th percentile, bias, std), a constant-predictor baseline, and the
-figures usually shown in papers.
+coverage of the Monte-Carlo error bars. Figures are in :mod:`utrans_loc.figures`.
 
-All files are written atomically (temporary file in the same folder, then
-``os.replace``) so an interrupted run leaves either the old or the new
-complete file, never a truncated one.
+All files are written atomically (:mod:`utrans_loc.files`). Must not import
+keras: the reader runs without a deep-learning backend.
 """
 import os
-import tempfile
 
 import numpy as np
 import pandas as pd
 from geographiclib.geodesic import Geodesic
 from sklearn import metrics as skm
 
+from utrans_loc.files import atomic_write
+
+RESULTS_NAME = 'X_test_results.csv'   # the tester's per-trace table
 QUANTITIES = ('lat_deg', 'lon_deg', 'depth_km', 'epicentral_km', 'hypocentral_km')
 
 REQUIRED_COLUMNS = ('trace_name', 'station_lat', 'station_lon',
@@ -400,31 +401,7 @@ def breakdown_table(df, errors, baseline_errors):
     return pd.DataFrame(rows, columns=list(BREAKDOWN_COLUMNS))
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path, writer, mode='w'):
-    """Write via a temp file in the same folder then os.replace (atomic)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, mode) as fh:
-            writer(fh)
-        # mkstemp creates 0600; give the result the usual umask permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _fmt(v):
+def fmt(v):
     """4-decimal float without a distracting '-0.0000' for tiny negatives."""
     s = f"{v:.4f}"
     return s[1:] if s.startswith('-') and float(s) == 0 else s
@@ -438,7 +415,7 @@ def _markdown(table):
     rule = '|' + '|'.join('---:' if c in numeric else ':---' for c in table.columns) + '|'
     body = []
     for _, r in table.iterrows():
-        cells = [_fmt(r[c]) if c in floats else str(r[c]) for c in table.columns]
+        cells = [fmt(r[c]) if c in floats else str(r[c]) for c in table.columns]
         body.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join([head, rule] + body)
 
@@ -449,7 +426,7 @@ def _epicentral_mae(table):
 
 def _write_csv(table, path, columns=None):
     columns = list(table.columns if columns is None else columns)
-    return _atomic_write(path, lambda fh: table[columns].to_csv(fh, index=False))
+    return atomic_write(path, lambda fh: table[columns].to_csv(fh, index=False))
 
 
 def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
@@ -508,7 +485,7 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
         parts += ['## Breakdown by true distance, depth, magnitude and SNR', '',
                   _markdown(breakdown), '']
     md_path = os.path.join(out_dir, 'metrics.md')
-    paths.append(_atomic_write(md_path, lambda fh: fh.write('\n'.join(parts))))
+    paths.append(atomic_write(md_path, lambda fh: fh.write('\n'.join(parts))))
     return paths
 
 
@@ -524,131 +501,4 @@ def format_table(table):
     -------
     str
     """
-    return table.to_string(index=False, float_format=_fmt)
-
-
-def _save(fig, path):
-    """Save a figure atomically and close it."""
-    try:
-        _atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight'), mode='wb')
-    finally:
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-    return path
-
-
-def _scatter(plt, truth, pred, std, label, path):
-    fig, ax = plt.subplots(figsize=(5, 5))
-    if std is not None:
-        ax.errorbar(truth, pred, yerr=std, fmt='none', ecolor='0.7', lw=0.5, zorder=1)
-    ax.scatter(truth, pred, s=4, alpha=0.5, zorder=2)
-    lo = np.nanmin([np.nanmin(truth), np.nanmin(pred)])
-    hi = np.nanmax([np.nanmax(truth), np.nanmax(pred)])
-    ax.plot([lo, hi], [lo, hi], 'k--', lw=1, label='1:1')
-    ax.set_xlabel(f'true {label}')
-    ax.set_ylabel(f'predicted {label}')
-    ax.legend(loc='upper left')
-    return _save(fig, path)
-
-
-def _map(plt, sc, path):
-    from matplotlib.collections import LineCollection
-    fig, ax = plt.subplots(figsize=(7, 7))
-    segs = np.stack([sc[['event_lon', 'event_lat']].to_numpy(float),
-                     sc[['pred_event_lon', 'pred_event_lat']].to_numpy(float)], axis=1)
-    ax.add_collection(LineCollection(segs, colors='0.6', linewidths=0.3, zorder=1))
-    ax.scatter(sc['event_lon'], sc['event_lat'], s=5, c='tab:blue', label='true epicentre', zorder=2)
-    ax.scatter(sc['pred_event_lon'], sc['pred_event_lat'], s=5, c='tab:red',
-               label='predicted epicentre', zorder=3)
-    st = sc[['station_lon', 'station_lat']].drop_duplicates()
-    ax.scatter(st['station_lon'], st['station_lat'], marker='^', s=40, c='k',
-               label='station', zorder=4)
-    # Equal ground distance per degree on both axes at the mean latitude.
-    ax.set_aspect(1.0 / np.cos(np.deg2rad(sc['event_lat'].mean())))
-    ax.autoscale_view()
-    ax.set_xlabel('longitude (deg)')
-    ax.set_ylabel('latitude (deg)')
-    ax.legend(loc='best', fontsize=8)
-    return _save(fig, path)
-
-
-def make_figures(df, errors, fig_dir, reliability=None, breakdown=None):
-    """Write the standard evaluation figures as PNG files.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Output of :func:`read_results`.
-    errors : pandas.DataFrame
-        Output of :func:`location_errors` (its index selects the scored rows).
-    fig_dir : str or os.PathLike
-        Destination folder (created if missing).
-    reliability, breakdown : pandas.DataFrame, optional
-        :func:`reliability_curve` and :func:`breakdown_table` outputs; when
-        given (and not empty) ``reliability.png`` / ``breakdown.png`` are added.
-
-    Returns
-    -------
-    list of str
-        ``error_hist_<quantity>.png`` for each quantity, ``scatter_lat.png``,
-        ``scatter_lon.png``, ``scatter_depth.png``, ``map_epicentres.png`` and
-        the optional two.
-    """
-    import matplotlib
-    matplotlib.use('Agg')  # headless: no display on clusters / CI
-    import matplotlib.pyplot as plt
-
-    os.makedirs(fig_dir, exist_ok=True)
-    sc = df.loc[errors.index]
-    paths = []
-    for q in QUANTITIES:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.hist(errors[q].to_numpy(float), bins=50)
-        ax.set_xlabel(f'error {q}')
-        ax.set_ylabel('traces')
-        paths.append(_save(fig, os.path.join(fig_dir, f'error_hist_{q}.png')))
-    for short, col, label in (('lat', 'event_lat', 'latitude (deg)'),
-                              ('lon', 'event_lon', 'longitude (deg)'),
-                              ('depth', 'depth_km', 'depth (km)')):
-        pcol = 'pred_' + col
-        std = sc[pcol + '_std'].to_numpy(float) if pcol + '_std' in sc else None
-        paths.append(_scatter(plt, sc[col].to_numpy(float), sc[pcol].to_numpy(float),
-                              std, label, os.path.join(fig_dir, f'scatter_{short}.png')))
-    paths.append(_map(plt, sc, os.path.join(fig_dir, 'map_epicentres.png')))
-    if reliability is not None and len(reliability):
-        paths.append(_reliability_figure(plt, reliability, os.path.join(fig_dir, 'reliability.png')))
-    if breakdown is not None and len(breakdown):
-        paths.append(_breakdown_figure(plt, breakdown, os.path.join(fig_dir, 'breakdown.png')))
-    return paths
-
-
-def _reliability_figure(plt, curve, path):
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for q, part in curve.groupby('quantity', sort=False):
-        ax.plot(part['expected'], part['observed'], marker='o', ms=3, label=q)
-    ax.plot([0, 1], [0, 1], 'k--', lw=1, label='calibrated')
-    ax.set_xlabel('expected coverage (nominal level)')
-    ax.set_ylabel('observed coverage')
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title('below the diagonal: error bars too small')
-    ax.legend(loc='upper left', fontsize=8)
-    return _save(fig, path)
-
-
-def _breakdown_figure(plt, table, path):
-    attributes = list(dict.fromkeys(table['attribute']))
-    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 4), squeeze=False)
-    for ax, attribute in zip(axes[0], attributes):
-        part = table[table['attribute'] == attribute]
-        x = np.arange(len(part))
-        ax.bar(x - 0.2, part['epicentral_mae_km'], 0.4, label='model')
-        ax.bar(x + 0.2, part['baseline_epicentral_mae_km'], 0.4, color='0.7',
-               label='constant predictor')
-        ax.set_xticks(x, [f"{b}\nn={n}" for b, n in zip(part['bin'], part['n'])],
-                      fontsize=7, rotation=30)
-        ax.set_title(attribute)
-        ax.set_ylabel('epicentral MAE (km)')
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return table.to_string(index=False, float_format=fmt)

@@ -1,0 +1,121 @@
+"""Command-line pieces shared by the stage scripts: option groups, the exit-2 path.
+
+Every option takes its default from the stage function's own signature
+(:func:`defaults_of`), so a default is said once. Must not import keras or a
+backend: a script reads its GPU options and sets the environment
+(CUDA_VISIBLE_DEVICES, quiet TF logs) with :func:`prepare_environment` before
+the deep-learning backend is imported.
+"""
+
+import argparse
+import inspect
+import os
+import sys
+
+HEAD_HELP = {"filters": "ConvMixer width", "depth": "ConvMixer blocks",
+             "kernel": "ConvMixer depthwise kernel", "patch": "ConvMixer patch size"}
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's line breaks."""
+
+
+def float_or_none(text):
+    """argparse type: a float, or 'none' for an augmentation that is off."""
+    if str(text).lower() in ("none", "null", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def defaults_of(func):
+    """{parameter: default} of a function (the stage functions document them)."""
+    return {name: par.default for name, par in inspect.signature(func).parameters.items()
+            if par.default is not inspect.Parameter.empty}
+
+
+def add_output_name(parser, defaults):
+    parser.add_argument("--output_name", default=defaults["output_name"],
+                        help="results go to <output_name>_outputs/ (must not exist)")
+
+
+def add_device_options(parser, defaults, multi_gpu=False):
+    """--gpuid, --gpu_limit and, for training, --multi_gpu / --number_of_gpus."""
+    if multi_gpu:
+        parser.add_argument("--multi_gpu", action=argparse.BooleanOptionalAction,
+                            default=defaults["multi_gpu"],
+                            help="data-parallel training on several GPUs")
+        parser.add_argument("--number_of_gpus", type=int, default=defaults["number_of_gpus"],
+                            help="GPUs used with --multi_gpu")
+    parser.add_argument("--gpuid", type=int, default=defaults["gpuid"], help="use only this GPU")
+    parser.add_argument("--gpu_limit", type=float, default=defaults["gpu_limit"],
+                        help="fraction of GPU memory to use")
+
+
+def add_head_options(parser, defaults, fallback=None):
+    """--convmixer_filters/depth/kernel/patch. ``fallback`` (the published head)
+    is named in the help when the default is None (read from the checkpoint)."""
+    for name, what in HEAD_HELP.items():
+        key = f"convmixer_{name}"
+        text = what if fallback is None else \
+            f"{what}; default: model_config.json or the checkpoint, else {fallback[key]}"
+        parser.add_argument(f"--{key}", type=int, default=defaults[key], help=text)
+
+
+def add_precision_option(parser, defaults, text):
+    """--mixed_precision (call after the backend is imported: the choices come from it)."""
+    from utrans_loc.devices import PRECISION_POLICIES
+
+    parser.add_argument("--mixed_precision", default=defaults["mixed_precision"],
+                        choices=list(PRECISION_POLICIES), help=text)
+
+
+def add_debug(parser):
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def prepare_environment(argv=None):
+    """Set backend environment variables from the command line, before keras loads.
+
+    ``--gpuid N`` restricts the process to GPU N (CUDA_VISIBLE_DEVICES), and
+    ``--gpu_limit F`` caps the fraction of GPU memory JAX pre-allocates
+    (TensorFlow applies it after import, see utrans_loc.devices.configure_gpus).
+    ``--multi_gpu`` adds ``--xla_force_host_platform_device_count=<number_of_gpus>``
+    to XLA_FLAGS: JAX reads it once, when it starts, to split the CPU into
+    that many devices where there is no GPU (it does not touch GPUs).
+    TensorFlow's info logs are silenced unless TF_CPP_MIN_LOG_LEVEL is set.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--gpuid", type=int, default=None)
+    pre.add_argument("--gpu_limit", type=float, default=None)
+    pre.add_argument("--multi_gpu", action=argparse.BooleanOptionalAction, default=False)
+    pre.add_argument("--number_of_gpus", type=int, default=4)  # trainer1's default
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if known.gpuid is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(known.gpuid)
+    if known.gpu_limit is not None and 0 < known.gpu_limit <= 1:  # else configure_gpus says why
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(known.gpu_limit)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if known.multi_gpu and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={max(known.number_of_gpus, 1)}".strip())
+
+
+def run_main(func, args, prog):
+    """Call ``func(**args)``; user errors exit with status 2 and one clear line.
+
+    ``args['debug']`` (popped) re-raises to show the traceback.
+    """
+    debug = args.pop("debug", False)
+    try:
+        func(**args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,162 @@
+"""Figures: training curves and the evaluation figures of the reader.
+
+The only module that imports matplotlib (headless, Agg). Every figure is
+written atomically (:mod:`utrans_loc.files`).
+"""
+import os
+
+import numpy as np
+
+from utrans_loc.files import atomic_write
+from utrans_loc.metrics import QUANTITIES
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')  # headless: no display on clusters / CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    """Save a figure atomically and close it."""
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight'), mode='wb')
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return path
+
+
+def _scatter(plt, truth, pred, std, label, path):
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if std is not None:
+        ax.errorbar(truth, pred, yerr=std, fmt='none', ecolor='0.7', lw=0.5, zorder=1)
+    ax.scatter(truth, pred, s=4, alpha=0.5, zorder=2)
+    lo = np.nanmin([np.nanmin(truth), np.nanmin(pred)])
+    hi = np.nanmax([np.nanmax(truth), np.nanmax(pred)])
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=1, label='1:1')
+    ax.set_xlabel(f'true {label}')
+    ax.set_ylabel(f'predicted {label}')
+    ax.legend(loc='upper left')
+    return _save(fig, path)
+
+
+def _map(plt, sc, path):
+    from matplotlib.collections import LineCollection
+    fig, ax = plt.subplots(figsize=(7, 7))
+    segs = np.stack([sc[['event_lon', 'event_lat']].to_numpy(float),
+                     sc[['pred_event_lon', 'pred_event_lat']].to_numpy(float)], axis=1)
+    ax.add_collection(LineCollection(segs, colors='0.6', linewidths=0.3, zorder=1))
+    ax.scatter(sc['event_lon'], sc['event_lat'], s=5, c='tab:blue', label='true epicentre', zorder=2)
+    ax.scatter(sc['pred_event_lon'], sc['pred_event_lat'], s=5, c='tab:red',
+               label='predicted epicentre', zorder=3)
+    st = sc[['station_lon', 'station_lat']].drop_duplicates()
+    ax.scatter(st['station_lon'], st['station_lat'], marker='^', s=40, c='k',
+               label='station', zorder=4)
+    # Equal ground distance per degree on both axes at the mean latitude.
+    ax.set_aspect(1.0 / np.cos(np.deg2rad(sc['event_lat'].mean())))
+    ax.autoscale_view()
+    ax.set_xlabel('longitude (deg)')
+    ax.set_ylabel('latitude (deg)')
+    ax.legend(loc='best', fontsize=8)
+    return _save(fig, path)
+
+
+def make_figures(df, errors, fig_dir, reliability=None, breakdown=None):
+    """Write the standard evaluation figures as PNG files.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results`.
+    errors : pandas.DataFrame
+        Output of :func:`location_errors` (its index selects the scored rows).
+    fig_dir : str or os.PathLike
+        Destination folder (created if missing).
+    reliability, breakdown : pandas.DataFrame, optional
+        :func:`reliability_curve` and :func:`breakdown_table` outputs; when
+        given (and not empty) ``reliability.png`` / ``breakdown.png`` are added.
+
+    Returns
+    -------
+    list of str
+        ``error_hist_<quantity>.png`` for each quantity, ``scatter_lat.png``,
+        ``scatter_lon.png``, ``scatter_depth.png``, ``map_epicentres.png`` and
+        the optional two.
+    """
+    plt = _pyplot()
+    os.makedirs(fig_dir, exist_ok=True)
+    sc = df.loc[errors.index]
+    paths = []
+    for q in QUANTITIES:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.hist(errors[q].to_numpy(float), bins=50)
+        ax.set_xlabel(f'error {q}')
+        ax.set_ylabel('traces')
+        paths.append(_save(fig, os.path.join(fig_dir, f'error_hist_{q}.png')))
+    for short, col, label in (('lat', 'event_lat', 'latitude (deg)'),
+                              ('lon', 'event_lon', 'longitude (deg)'),
+                              ('depth', 'depth_km', 'depth (km)')):
+        pcol = 'pred_' + col
+        std = sc[pcol + '_std'].to_numpy(float) if pcol + '_std' in sc else None
+        paths.append(_scatter(plt, sc[col].to_numpy(float), sc[pcol].to_numpy(float),
+                              std, label, os.path.join(fig_dir, f'scatter_{short}.png')))
+    paths.append(_map(plt, sc, os.path.join(fig_dir, 'map_epicentres.png')))
+    if reliability is not None and len(reliability):
+        paths.append(_reliability_figure(plt, reliability, os.path.join(fig_dir, 'reliability.png')))
+    if breakdown is not None and len(breakdown):
+        paths.append(_breakdown_figure(plt, breakdown, os.path.join(fig_dir, 'breakdown.png')))
+    return paths
+
+
+def _reliability_figure(plt, curve, path):
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for q, part in curve.groupby('quantity', sort=False):
+        ax.plot(part['expected'], part['observed'], marker='o', ms=3, label=q)
+    ax.plot([0, 1], [0, 1], 'k--', lw=1, label='calibrated')
+    ax.set_xlabel('expected coverage (nominal level)')
+    ax.set_ylabel('observed coverage')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title('below the diagonal: error bars too small')
+    ax.legend(loc='upper left', fontsize=8)
+    return _save(fig, path)
+
+
+def _breakdown_figure(plt, table, path):
+    attributes = list(dict.fromkeys(table['attribute']))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 4), squeeze=False)
+    for ax, attribute in zip(axes[0], attributes):
+        part = table[table['attribute'] == attribute]
+        x = np.arange(len(part))
+        ax.bar(x - 0.2, part['epicentral_mae_km'], 0.4, label='model')
+        ax.bar(x + 0.2, part['baseline_epicentral_mae_km'], 0.4, color='0.7',
+               label='constant predictor')
+        ax.set_xticks(x, [f"{b}\nn={n}" for b, n in zip(part['bin'], part['n'])],
+                      fontsize=7, rotation=30)
+        ax.set_title(attribute)
+        ax.set_ylabel('epicentral MAE (km)')
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_history(history, path):
+    """Loss curves (training and validation) per epoch, log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "val_loss"):
+        if history.get(key):
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=120, format="png"), mode="wb")
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,211 @@
+"""tester1's run: rebuild the trained model, predict a split, write the results table.
+
+``02_test/tester1.py`` holds the upstream signature, its documentation and the
+command line and hands one :class:`TestConfig` to :func:`run`.
+:func:`predict_samples` (deterministic or Monte-Carlo) and
+:func:`results_table` are the library part, used by anything that predicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+import EqT_utils_Loc_California as U
+import utrans_backbone as ub
+from utrans_loc import checkpoints, devices, files, metrics, splits
+from utrans_loc.uncertainty import mc_sampling_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TestConfig:
+    """Every tester1 parameter (documented in ``tester1``), in its order."""
+
+    __test__ = False   # not a pytest test class
+
+    input_hdf5: str | None
+    input_testset: str
+    input_model: str | None
+    output_name: str
+    max_d: float | None
+    min_d: float | None
+    batch_size: int
+    estimate_uncertainty: bool
+    number_of_sampling: int
+    normalization_mode: str | None
+    foundation_weights: str
+    input_dimention: tuple | None
+    convmixer_filters: int | None
+    convmixer_depth: int | None
+    convmixer_kernel: int | None
+    convmixer_patch: int | None
+    gpuid: int | None
+    gpu_limit: float | None
+    seed: int | None
+    bandpass: bool | None
+    mixed_precision: str
+    verbose: int
+
+    @property
+    def n_samples(self):
+        return int(self.number_of_sampling) if self.estimate_uncertainty else 1
+
+
+def run(cfg):
+    """Predict ``cfg.input_testset``; returns tester1's result dict."""
+    start = time.time()
+    check_parameters(cfg)
+    output_dir = files.check_new_output_dir(files.output_dir_for(cfg.output_name))
+    if not os.path.isfile(cfg.input_model):
+        raise FileNotFoundError(f"model weights file not found: {cfg.input_model}")
+    settings = checkpoints.model_settings(
+        cfg.input_model, **{k: getattr(cfg, k) for k in checkpoints.MODEL_DEFAULTS})
+    test_ids = splits.load_ids(cfg.input_testset)
+    meta = splits.check_split(cfg.input_hdf5, test_ids, "input_testset", settings["max_d"],
+                              settings["min_d"], require_labels=False,
+                              dim=settings["input_dimention"])
+    devices.configure_gpus(cfg.gpu_limit, cfg.gpuid)
+    weights = ub.resolve_foundation_weights(cfg.foundation_weights) \
+        if str(cfg.foundation_weights).lower() != "none" else None
+    model, loaded = checkpoints.build_from_checkpoint(cfg.input_model, settings, weights,
+                                                      cfg.mixed_precision)
+    generator = U.DataGeneratorPrediction(test_ids, cfg.input_hdf5,
+                                          dim=settings["input_dimention"],
+                                          batch_size=cfg.batch_size,
+                                          norm_mode=settings["normalization_mode"],
+                                          bandpass=settings["bandpass"])
+    timings = {"setup_s": time.time() - start}
+    pred = predict_samples(model, generator, cfg.n_samples, seed=cfg.seed,
+                           progress=cfg.verbose > 0, timings=timings)
+    table_start = time.time()
+    results = results_table(meta, pred, settings["max_d"], settings["min_d"])
+    os.makedirs(output_dir)
+    csv_path = os.path.join(output_dir, metrics.RESULTS_NAME)
+    files.atomic_write(csv_path, lambda fh: results.to_csv(fh, index=False, float_format="%.17g"))
+    summary = summarize(results)
+    elapsed = time.time() - start
+    timings["write_s"] = time.time() - table_start
+    files.write_report(os.path.join(output_dir, "X_report.txt"), "tester1",
+                       report_items(cfg, settings, loaded, weights, summary, timings, elapsed,
+                                    len(results)))
+    if cfg.verbose:
+        print(f"tester1: n={summary['n']} (with truth: {summary['n_with_truth']}), "
+              f"epicentral MAE {summary['epicentral_mae_km']:.2f} km, "
+              f"depth MAE {summary['depth_mae_km']:.2f} km -> {csv_path}")
+    return {"output_dir": output_dir, "results": results, "summary": summary, "time_s": elapsed,
+            "timings": timings}
+
+
+def check_parameters(cfg):
+    """Reject impossible settings before any work starts."""
+    if not cfg.input_hdf5:
+        raise ValueError("input_hdf5 is required")
+    if not cfg.input_model:
+        raise ValueError("input_model is required")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
+        raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
+
+
+def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n):
+    """X_report.txt: inputs, model settings, summary, timings."""
+    return [
+        ("input_hdf5", cfg.input_hdf5), ("input_testset", cfg.input_testset),
+        ("input_model", cfg.input_model), ("input_model_sha256", loaded["sha256"]),
+        ("output_name", cfg.output_name), ("batch_size", cfg.batch_size),
+        ("estimate_uncertainty", cfg.estimate_uncertainty), ("number_of_sampling", cfg.n_samples),
+        ("seed", cfg.seed), ("mixed_precision", cfg.mixed_precision),
+        ("foundation_weights", weights or "none (backbone weights from input_model)"),
+        *settings.items(), ("keras_backend", keras.backend.backend()),
+        *summary.items(), ("time_taken_s", round(elapsed, 1)),
+        *((f"time_{k}", round(v, 2)) for k, v in timings.items()),
+        ("traces_per_s", round(n / max(elapsed, 1e-9), 1)),
+        ("traces_per_s_after_setup",
+         round(n / max(timings["predict_s"] + timings["write_s"], 1e-9), 1))]
+
+
+def predict_samples(model, generator, n_samples=1, seed=None, progress=True, timings=None):
+    """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples.
+
+    Deterministic: ``predict_on_batch``, bit for bit the plain prediction.
+    Sampling: a copy of the model with its dropout-type layers always on
+    (:func:`utrans_loc.uncertainty.mc_sampling_model`), built once and run
+    ``n_samples`` times per batch; BatchNorm stays in inference mode. The
+    upstream sampled in inference mode and got identical samples.
+
+    A short last batch is padded to the batch size (and the padding dropped),
+    so the compiled prediction function is reused rather than rebuilt. With a
+    ``timings`` dict the function is compiled first on a zero batch (without
+    changing the samples a seed gives), and ``compile_s`` and ``predict_s``
+    are recorded there.
+    """
+    start = time.perf_counter()
+    sampler = model if n_samples == 1 else mc_sampling_model(model, seed=seed)
+    size = generator.batch_size
+
+    def run_batch(x):
+        n = len(x)
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+        return np.stack([np.asarray(sampler.predict_on_batch(x))[:n] for _ in range(n_samples)])
+
+    if timings is not None:
+        # Compile on a zero batch, then rewind every variable (the dropout
+        # random streams among them): the samples stay those of the seed.
+        saved = [keras.ops.convert_to_numpy(v) for v in sampler.variables]
+        sampler.predict_on_batch(np.zeros((size,) + generator.dim, np.float32))
+        for variable, value in zip(sampler.variables, saved):
+            variable.assign(value)
+        timings["compile_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+    outputs = []
+    # One thread reads and normalises the next batch while this one is predicted.
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        pending = loader.submit(generator.__getitem__, 0) if len(generator) else None
+        for index in tqdm(range(len(generator)), desc="tester1", unit="batch",
+                          disable=not progress):
+            (x,) = pending.result()
+            if index + 1 < len(generator):
+                pending = loader.submit(generator.__getitem__, index + 1)
+            outputs.append(run_batch(x))
+    pred = np.concatenate(outputs, axis=1).astype(np.float64)
+    if timings is not None:
+        timings["predict_s"] = time.perf_counter() - start
+    return pred[0] if n_samples == 1 else pred
+
+
+def results_table(meta, pred, max_d, min_d):
+    """One row per trace: metadata, truth and predicted location (and std with sampling)."""
+    samples = pred if pred.ndim == 3 else pred[None]
+    lat, lon, depth = np.stack([
+        U.prediction_to_location(meta["station_lat"].to_numpy(), meta["station_lon"].to_numpy(),
+                                 sample, max_d, min_d) for sample in samples], axis=1)
+    out = meta[["trace_name", "station_lat", "station_lon", "event_lat", "event_lon",
+                "depth_km"]].copy()
+    out["pred_event_lat"] = lat.mean(axis=0)
+    out["pred_event_lon"] = lon.mean(axis=0)
+    out["pred_depth_km"] = depth.mean(axis=0)
+    if pred.ndim == 3:
+        out["pred_event_lat_std"] = lat.std(axis=0)
+        out["pred_event_lon_std"] = lon.std(axis=0)
+        out["pred_depth_km_std"] = depth.std(axis=0)
+        (out["pred_event_lat_std_km"], out["pred_event_lon_std_km"],
+         out["pred_epicentre_std_km"]) = metrics.sample_spread_km(lat, lon)
+    extra = [c for c in meta.columns if c not in out.columns]
+    return out.join(meta[extra])
+
+
+def summarize(results):
+    """n, number with truth, epicentral and depth MAE (km) of the scorable rows."""
+    errors = metrics.location_errors(results)
+    nan = float("nan")
+    return {"n": len(results), "n_with_truth": len(errors),
+            "epicentral_mae_km": float(errors["epicentral_km"].abs().mean()) if len(errors) else nan,
+            "depth_mae_km": float(errors["depth_km"].abs().mean()) if len(errors) else nan}

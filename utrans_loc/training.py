@@ -1,0 +1,346 @@
+"""trainer1's run, step by step: open the run, check the data, build, fit, write.
+
+``01_train/trainer1.py`` holds the upstream signature, its documentation and
+the command line; it hands one :class:`TrainConfig` to :func:`run`. Each step
+below is one function, so the main path reads in one screen and every detail
+is one call away. Device and distribution specifics stay in
+:mod:`utrans_loc.devices`, file safety and resume in :mod:`utrans_loc.files`
+and :mod:`utrans_loc.run_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import keras
+import numpy as np
+
+import EqT_utils_Loc_California as U
+import utrans_backbone as ub
+from utrans_loc import devices, files, run_state, splits
+from utrans_loc.checkpoints import HEAD_KEYS, MODEL_CONFIG_NAME, write_model_config
+from utrans_loc.figures import plot_history
+from utrans_loc.traces import TraceError, check_max_preload_gb, check_preload
+
+RUN_CONFIG = "run_config.json"
+MODES = ("generator", "pre_load_generator")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every trainer1 parameter (documented in ``trainer1``), in its order."""
+
+    input_hdf5: str | None
+    input_trainset: str
+    input_validset: str
+    output_name: str
+    input_dimention: tuple
+    shuffle: bool
+    label_type: str
+    normalization_mode: str
+    augmentation: bool
+    add_event_r: float | None
+    shift_event_r: float | None
+    add_noise_r: float | None
+    drop_channel_r: float | None
+    add_gap_r: float | None
+    scale_amplitude_r: float | None
+    pre_emphasis: bool
+    mode: str
+    max_preload_gb: float
+    batch_size: int
+    epochs: int
+    monitor: str
+    patience: int
+    multi_gpu: bool
+    number_of_gpus: int
+    gpuid: int | None
+    gpu_limit: float | None
+    use_multiprocessing: bool
+    workers: int
+    max_d: float
+    min_d: float
+    foundation_weights: str | None
+    learning_rate: float
+    convmixer_filters: int
+    convmixer_depth: int
+    convmixer_kernel: int
+    convmixer_patch: int
+    seed: int | None
+    verbose: int
+    resume: bool
+    bandpass: bool
+    mixed_precision: str
+    jit_compile: bool | None
+
+    @property
+    def head(self):
+        return {k: getattr(self, k) for k in HEAD_KEYS}
+
+    @property
+    def name(self):
+        """The checkpoint and figure prefix (the last part of output_name)."""
+        return os.path.basename(self.output_name)
+
+
+@dataclasses.dataclass
+class Run:
+    """Where one training run writes, and what it resumes from."""
+
+    output_dir: str
+    state: dict | None   # the interrupted run's saved state, None for a fresh start
+
+    @property
+    def models_dir(self):
+        return os.path.join(self.output_dir, "models")
+
+    @property
+    def state_dir(self):
+        return os.path.join(self.output_dir, "resume")
+
+
+def run(cfg):
+    """Train as ``cfg`` says; returns trainer1's result dict."""
+    start = time.time()
+    cfg, run_ = open_run(cfg)
+    check_parameters(cfg)
+    data = check_data(cfg)
+    weights = None if run_.state else ub.resolve_foundation_weights(cfg.foundation_weights)
+    cfg = dataclasses.replace(cfg, seed=cfg.seed if cfg.seed is not None
+                              else int(np.random.SeedSequence().entropy % 2**31))
+    keras.utils.set_random_seed(cfg.seed)
+    devices.configure_gpus(cfg.gpu_limit, cfg.gpuid, cfg.multi_gpu, cfg.number_of_gpus)
+    train_gen, valid_gen = make_generators(cfg, data)
+    model = build_model(cfg, weights, run_)
+    if not cfg.resume:
+        write_run_files(cfg, run_)
+    callbacks = make_callbacks(cfg, run_, train_gen)
+    initial_epoch = restore(cfg, run_, callbacks, train_gen)
+    print(f"trainer1: {len(data['input_trainset'])} training / {len(data['input_validset'])} "
+          f"validation traces, {model.count_params():,} parameters, "
+          f"{devices.replica_count(model)} replica(s), foundation weights: "
+          f"{weights_note(run_, weights)}")
+    if initial_epoch < cfg.epochs and not (run_.state and run_.state.get("stopped_early")):
+        # shuffle=False: the generator shuffles itself each epoch; Keras must not
+        # reorder its batches (the NaN guard maps batch numbers to trace ids).
+        run_state.fit_reporting(model, [train_gen, valid_gen], x=train_gen,
+                                validation_data=valid_gen, epochs=cfg.epochs,
+                                initial_epoch=initial_epoch, callbacks=callbacks["list"],
+                                shuffle=False, verbose=cfg.verbose)
+    raise_if_nan(callbacks)
+    return write_outputs(cfg, run_, data, model, weights, callbacks, start)
+
+
+def open_run(cfg):
+    """A new output folder (refused if it exists), or the interrupted run to resume."""
+    output_dir = files.output_dir_for(cfg.output_name)
+    if cfg.resume:
+        cfg = resume_config(output_dir, cfg)
+    else:
+        files.check_new_output_dir(output_dir, "choose another --output_name, move the folder "
+                                   "away, or pass --resume to continue that run")
+    files.check_output_parent(output_dir)
+    run_ = Run(output_dir, None)
+    run_.state = run_state.read_training_state(run_.state_dir) if cfg.resume else None
+    return cfg, run_
+
+
+def resume_config(output_dir, cfg):
+    """The parameters of the interrupted run. They win over the call's, except
+    ``resume``, ``verbose`` and a given ``input_hdf5`` (a moved data file); a
+    parameter the run predates keeps the call's value."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.isdir(output_dir):
+        raise FileNotFoundError(f"--resume: output folder {output_dir} not found; nothing to resume")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: {path} not found; {output_dir} is not a trainer1 run "
+                                "that can be resumed")
+    saved = json.loads(open(path).read())
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {**dataclasses.asdict(cfg), **{k: v for k, v in saved.items() if k in fields}}
+    merged.update(input_dimention=tuple(merged["input_dimention"]), resume=True,
+                  verbose=cfg.verbose, input_hdf5=cfg.input_hdf5 or saved["input_hdf5"])
+    return TrainConfig(**merged)
+
+
+def check_parameters(cfg):
+    """Reject impossible settings before any work starts."""
+    if not cfg.input_hdf5:
+        raise ValueError("input_hdf5 is required")
+    if int(cfg.batch_size) < 2:
+        raise ValueError(f"batch_size must be >= 2, got {cfg.batch_size}")
+    if int(cfg.epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if int(cfg.patience) < 1:
+        raise ValueError(f"patience must be >= 1, got {cfg.patience}")
+    if not cfg.max_d > cfg.min_d:
+        raise ValueError(f"max_d ({cfg.max_d}) must be larger than min_d ({cfg.min_d})")
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode == "pre_load_generator":
+        check_max_preload_gb(cfg.max_preload_gb)
+    devices.check_mixed_precision(cfg.mixed_precision)
+
+
+def check_data(cfg):
+    """Both splits read and checked against the file: {split name: ids, ... metadata}."""
+    data = {}
+    for name in ("input_trainset", "input_validset"):
+        ids = splits.load_ids(getattr(cfg, name))
+        data[name] = ids
+        data[name + "_meta"] = splits.check_split(cfg.input_hdf5, ids, name, cfg.max_d, cfg.min_d,
+                                                  require_labels=True, dim=cfg.input_dimention)
+    if cfg.mode == "pre_load_generator":
+        # Both splits together, before either is read: each generator checks only its own.
+        check_preload(len(set(data["input_trainset"])) + len(set(data["input_validset"])),
+                      cfg.input_dimention, cfg.max_preload_gb,
+                      f"{cfg.input_hdf5}, training and validation sets")
+    return data
+
+
+def make_generators(cfg, data):
+    """The training generator (augmented, shuffled) and the validation one (neither)."""
+    common = dict(file_name=cfg.input_hdf5, dim=cfg.input_dimention, batch_size=cfg.batch_size,
+                  norm_mode=cfg.normalization_mode, label_type=cfg.label_type, max_d=cfg.max_d,
+                  min_d=cfg.min_d, workers=cfg.workers,
+                  use_multiprocessing=cfg.use_multiprocessing, bandpass=cfg.bandpass,
+                  preload=cfg.mode == "pre_load_generator", max_preload_gb=cfg.max_preload_gb,
+                  seed=cfg.seed)
+    train = U.DataGenerator(
+        data["input_trainset"], shuffle=cfg.shuffle, augmentation=cfg.augmentation,
+        add_event_r=cfg.add_event_r, add_gap_r=cfg.add_gap_r, shift_event_r=cfg.shift_event_r,
+        add_noise_r=cfg.add_noise_r, drop_channe_r=cfg.drop_channel_r,
+        scale_amplitude_r=cfg.scale_amplitude_r, pre_emphasis=cfg.pre_emphasis,
+        metadata=data["input_trainset_meta"], **common)
+    valid = U.DataGenerator(data["input_validset"], shuffle=False, augmentation=False,
+                            metadata=data["input_validset_meta"], **common)
+    return train, valid
+
+
+def build_model(cfg, weights, run_):
+    """The compiled location model (data-parallel when asked), restored when resuming."""
+    with devices.distribution_scope(cfg.multi_gpu, cfg.number_of_gpus), \
+            devices.precision_policy(cfg.mixed_precision):
+        model = U.build_location_model(tuple(cfg.input_dimention), foundation_weights=weights,
+                                       **cfg.head)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse",
+                      metrics=["mae"],
+                      jit_compile="auto" if cfg.jit_compile is None else bool(cfg.jit_compile))
+        if run_.state:
+            # Optimizer variables exist only once built; then the snapshot restores them.
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(run_.state_dir, run_.state["weights"]))
+    return model
+
+
+def write_run_files(cfg, run_):
+    """A new run's folders, run_config.json (for --resume) and models/model_config.json."""
+    os.makedirs(run_.models_dir)
+    os.makedirs(run_.state_dir)
+    files.atomic_write_text(os.path.join(run_.output_dir, RUN_CONFIG),
+                            json.dumps(dataclasses.asdict(cfg), indent=1, default=list))
+    write_model_config(os.path.join(run_.models_dir, MODEL_CONFIG_NAME),
+                       input_dimention=list(cfg.input_dimention), max_d=cfg.max_d,
+                       min_d=cfg.min_d, normalization_mode=cfg.normalization_mode,
+                       bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision, **cfg.head)
+
+
+def make_callbacks(cfg, run_, train_gen):
+    """Checkpoint, schedule, early stopping, NaN guard, timer and the resume state."""
+    verbose = min(cfg.verbose, 1)
+    cb = {
+        "checkpoint": run_state.BestCheckpoint(
+            os.path.join(run_.models_dir, f"{cfg.name}_{{epoch:03d}}.weights.h5"),
+            monitor=cfg.monitor, verbose=verbose),
+        "schedule": U.ScheduleWithPlateau(cfg.learning_rate, monitor=cfg.monitor,
+                                          patience=cfg.patience - 2, verbose=verbose),
+        "early_stopping": run_state.ResumableEarlyStopping(monitor=cfg.monitor,
+                                                           patience=cfg.patience),
+    }
+    stateful = dict(cb)
+    cb["nan_guard"] = run_state.NaNGuard(train_gen)
+    cb["state"] = run_state.TrainingState(run_.state_dir,
+                                          os.path.join(run_.output_dir, "history.csv"), stateful)
+    timer = run_state.EpochTimer(len(train_gen) * cfg.batch_size)
+    cb["list"] = [timer, cb["checkpoint"], cb["schedule"], cb["early_stopping"], cb["nan_guard"],
+                  keras.callbacks.TerminateOnNaN(), cb["state"]]
+    return cb
+
+
+def restore(cfg, run_, callbacks, train_gen):
+    """Put callbacks, history and generator where the interrupted run stopped; the
+    first epoch to run."""
+    state = run_.state
+    if not state:
+        return 0
+    set_aside_interrupted_checkpoints(run_.models_dir, cfg.name, state["epochs_done"])
+    for key in ("checkpoint", "schedule", "early_stopping"):
+        callbacks[key].set_state(state["callbacks"][key])
+    callbacks["state"].history = {k: list(v) for k, v in state["history"].items()}
+    train_gen.set_epoch(state["epochs_done"])
+    print(f"trainer1: resuming {run_.output_dir} after epoch {state['epochs_done']}")
+    return state["epochs_done"]
+
+
+def set_aside_interrupted_checkpoints(models_dir, name, epochs_done):
+    """Rename best-checkpoints written after the last saved state (a kill between
+    the checkpoint and the state): the rerun epoch decides again. Renamed to
+    ``*.interrupted``, never deleted."""
+    for file in os.listdir(models_dir):
+        match = re.fullmatch(re.escape(name) + r"_(\d+)\.weights\.h5", file)
+        if match and int(match.group(1)) > epochs_done:
+            path = os.path.join(models_dir, file)
+            os.replace(path, path + ".interrupted")
+            print(f"trainer1: {file} was written by the interrupted epoch; renamed to "
+                  f"{file}.interrupted")
+
+
+def raise_if_nan(callbacks):
+    """A NaN/Inf training loss stops the run with the traces of that batch named."""
+    bad = callbacks["nan_guard"].bad
+    if bad:
+        raise TraceError(
+            f"training loss became NaN/Inf at epoch {bad['epoch']}, batch {bad['batch']}; "
+            f"traces in that batch: {', '.join(bad['traces'][:10])}"
+            f"{' ...' if len(bad['traces']) > 10 else ''}; training stopped, the last good "
+            f"checkpoint is {callbacks['checkpoint'].best_path or 'none (no epoch completed)'}")
+
+
+def weights_note(run_, weights):
+    return "restored from the interrupted run" if run_.state else ub.weights_provenance(weights)
+
+
+def write_outputs(cfg, run_, data, model, weights, callbacks, start):
+    """The loss figure and X_report.txt; trainer1's result dict."""
+    hist = callbacks["state"].history
+    monitored = hist.get(cfg.monitor, [])
+    best = int(np.nanargmin(monitored)) if monitored else None
+    result = {"output_dir": run_.output_dir, "history": hist,
+              "best_epoch": None if best is None else best + 1,
+              "best_loss": None if best is None else monitored[best],
+              "best_weights": callbacks["checkpoint"].best_path,
+              "time_s": time.time() - start}
+    plot_history(hist, os.path.join(run_.output_dir, f"{cfg.name}_loss.png"))
+    files.write_report(os.path.join(run_.output_dir, "X_report.txt"), "trainer1",
+                       report_items(cfg, data, model, weights_note(run_, weights), result))
+    print(f"trainer1: best {cfg.monitor} {result['best_loss']} at epoch {result['best_epoch']}; "
+          f"weights {result['best_weights']}; {result['time_s']:.0f} s")
+    return result
+
+
+def report_items(cfg, data, model, weights_note_, result):
+    """X_report.txt: every parameter, data sizes, outcome."""
+    return [*dataclasses.asdict(cfg).items(),
+            ("foundation_weights_used", weights_note_),
+            ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
+            ("n_train_traces", len(data["input_trainset"])),
+            ("n_valid_traces", len(data["input_validset"])),
+            ("n_parameters", model.count_params()),
+            ("epochs_run", len(result["history"].get("loss", []))),
+            ("best_epoch", result["best_epoch"]), ("best_" + cfg.monitor, result["best_loss"]),
+            ("best_weights", result["best_weights"]),
+            ("time_taken_s", round(result["time_s"], 1))]
