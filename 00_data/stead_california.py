@@ -734,14 +734,7 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     log = log or (lambda message: None)
     filters = {"min_snr_db": min_snr_db, "max_distance_km": max_distance_km,
                "min_magnitude": min_magnitude}
-    for name, value in filters.items():
-        if value is not None and not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    split = check_split_fractions(split)
-    if int(shard_size) < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if int(csv_chunk_rows) < 1:
-        raise ValueError(f"csv_chunk_rows must be >= 1, got {csv_chunk_rows}")
+    split = _check_build_parameters(filters, split, shard_size, csv_chunk_rows)
     region_obj = make_region(region_mode, region)
     hdf5s, csvs = check_inputs(stead_hdf5, stead_csv, filters)
     paths = output_paths(output_hdf5, output_dir)
@@ -768,23 +761,54 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
                          f"{sel_counts['earthquake_local']} earthquake_local, "
                          f"{sel_counts['outside_region']} outside the {region_obj.name} region): "
                          "check the region and filters")
-
     # 2. Waveforms, trace by trace, into shards.
     shards, processed, t_proc, resumed = _process(work, selected, hdf5s, region_obj,
                                                   int(shard_size), progress, log, interrupt_after)
-
     # 3. Splits by event; every output staged in the work folder first.
     written, skipped = _records(shards, rejected, hdf5s)
     if not len(written):
         raise ValueError(f"all {len(selected)} selected traces were skipped (reasons in the "
                          f"shard_*.csv files in {work}); nothing to write")
+    parts, traces = _assign_splits(written, hdf5s, split, seed)
+    staged = _stage_outputs(work, paths, shards, parts, traces, skipped, log)
+    info = {"inputs": list(zip(hdf5s, csvs)), "region": region_obj.describe(),
+            "filters": filters, "split": list(split), "seed": seed, "selection": sel_counts,
+            "counts": _counts(written, skipped, rejected, parts),
+            "per_network": split_summary(traces), "processed": processed,
+            "shards_resumed": resumed, "time_s": time.time() - start,
+            "traces_per_s": processed / t_proc if processed and t_proc > 0 else math.nan}
+    atomic_save(staged["report"], lambda p: Path(p).write_text(_report_text(info)))
+    # 4. Commit: record what goes where, then move (a rerun finishes the moves).
+    moves = {k: [str(staged[k]), str(paths[k])] for k in paths}
+    atomic_save(commit, lambda p: Path(p).write_text(json.dumps(moves, indent=2)))
+    return {**_finish(work, commit), **info}
+
+
+def _check_build_parameters(filters, split, shard_size, csv_chunk_rows):
+    """Reject bad filters and sizes before any work; returns the split fractions."""
+    for name, value in filters.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if int(shard_size) < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if int(csv_chunk_rows) < 1:
+        raise ValueError(f"csv_chunk_rows must be >= 1, got {csv_chunk_rows}")
+    return check_split_fractions(split)
+
+
+def _assign_splits(written, hdf5s, split, seed):
+    """Split the written traces by event; returns the 3 id arrays and the traces table
+    (with its ``split`` column); ``written`` gets the column too."""
     parts = split_by_event(written["trace_name"].to_numpy(), written["group_key"].to_numpy(),
                            split=split, seed=seed)
     split_of = {name: s for s, ids in zip(SPLITS, parts) for name in ids}
     written.insert(1, "split", written["trace_name"].map(split_of))
     written["input_hdf5"] = [hdf5s[int(i)] for i in written["input"]]
-    traces = written.drop(columns=["input", "status", "kind", "reason", "group_key"])
+    return parts, written.drop(columns=["input", "status", "kind", "reason", "group_key"])
 
+
+def _stage_outputs(work, paths, shards, parts, traces, skipped, log):
+    """Merge the shards and write every output under the work folder; returns their paths."""
     stage = work / "stage"
     stage.mkdir(exist_ok=True)
     staged = {"hdf5": work / "output.h5"}
@@ -796,24 +820,17 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
         atomic_save(staged[name], lambda p, ids=ids: _save_npy(p, ids))
     atomic_save(staged["traces_csv"], lambda p: traces.to_csv(p, index=False))
     atomic_save(staged["skipped_csv"], lambda p: skipped.to_csv(p, index=False))
-    counts = {"written": len(written),
-              "skipped_reading": len(skipped) - len(rejected),
-              "skipped_by_kind": {k: int(v) for k, v in skipped["kind"].value_counts().items()},
-              "events": int(written["group_key"].nunique()),
-              "splits": {s: int(len(ids)) for s, ids in zip(SPLITS, parts)},
-              "split_events": {s: int(written.loc[written["split"] == s, "group_key"].nunique())
-                               for s in SPLITS}}
-    info = {"inputs": list(zip(hdf5s, csvs)), "region": region_obj.describe(),
-            "filters": filters, "split": list(split), "seed": seed, "selection": sel_counts,
-            "counts": counts, "per_network": split_summary(traces), "processed": processed,
-            "shards_resumed": resumed, "time_s": time.time() - start,
-            "traces_per_s": processed / t_proc if processed and t_proc > 0 else math.nan}
-    atomic_save(staged["report"], lambda p: Path(p).write_text(_report_text(info)))
+    return staged
 
-    # 4. Commit: record what goes where, then move (a rerun finishes the moves).
-    moves = {k: [str(staged[k]), str(paths[k])] for k in paths}
-    atomic_save(commit, lambda p: Path(p).write_text(json.dumps(moves, indent=2)))
-    return {**_finish(work, commit), **info}
+
+def _counts(written, skipped, rejected, parts):
+    return {"written": len(written),
+            "skipped_reading": len(skipped) - len(rejected),
+            "skipped_by_kind": {k: int(v) for k, v in skipped["kind"].value_counts().items()},
+            "events": int(written["group_key"].nunique()),
+            "splits": {s: int(len(ids)) for s, ids in zip(SPLITS, parts)},
+            "split_events": {s: int(written.loc[written["split"] == s, "group_key"].nunique())
+                             for s in SPLITS}}
 
 
 def _finish(work, commit):
