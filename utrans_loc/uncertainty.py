@@ -67,3 +67,69 @@ def mc_sampling_model(model, seed=None):
     sampler = keras.models.clone_model(model, clone_function=clone)
     sampler.set_weights(model.get_weights())
     return sampler
+
+
+# --------------------------------------------------------------------------
+# Calibration of the Monte-Carlo spread
+# --------------------------------------------------------------------------
+CALIBRATION_NAME = "calibration.json"
+CALIBRATION_FORMAT = 1
+# quantity -> the results-table std columns it scales (degrees and km).
+CALIBRATED_COLUMNS = {"lat": ("pred_event_lat_std", "pred_event_lat_std_km"),
+                      "lon": ("pred_event_lon_std", "pred_event_lon_std_km"),
+                      "depth": ("pred_depth_km_std",)}
+EPICENTRE_STD = "pred_epicentre_std_km"
+
+
+def read_calibration(path, input_model=None):
+    """A saved calibration (``calibration.json``), checked.
+
+    With ``input_model`` the calibration must have been fitted on that very
+    model file (same sha256); otherwise ValueError naming both files.
+    """
+    import json
+    import os
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"calibration file not found: {path}")
+    try:
+        cal = json.loads(open(path).read())
+        factors = {q: float(cal["factors"][q]) for q in CALIBRATED_COLUMNS}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a calibration file written by tester1 ({err})") from None
+    if cal.get("format") != CALIBRATION_FORMAT:
+        raise ValueError(f"{path}: calibration format {cal.get('format')!r}, expected "
+                         f"{CALIBRATION_FORMAT}")
+    if not all(f > 0 and f < float("inf") for f in factors.values()):
+        raise ValueError(f"{path}: calibration factors must be positive and finite, got {factors}")
+    if input_model is not None:
+        sha = ub.sha256_of(input_model)
+        if sha != cal.get("model_sha256"):
+            raise ValueError(
+                f"calibration {path} was fitted on {cal.get('model_file')} (sha256 "
+                f"{str(cal.get('model_sha256'))[:12]}...), not on {input_model} (sha256 "
+                f"{sha[:12]}...): fit a calibration for this model (--calibration_set)")
+    return {**cal, "factors": factors}
+
+
+def apply_calibration(results, calibration):
+    """The results table with calibrated std columns; the raw spread kept as ``*_std_raw``.
+
+    Each std column of a quantity is multiplied by its factor (a standard
+    deviation scale, the square root of the fitted variance factor); the
+    epicentre spread is recomputed from the calibrated north and east parts.
+    """
+    out = results.copy()
+    factors = calibration["factors"]
+    for q, columns in CALIBRATED_COLUMNS.items():
+        for col in columns:
+            if col in out:
+                out[col + "_raw"] = out[col]
+                out[col] = out[col] * factors[q]
+    if EPICENTRE_STD in out and "pred_event_lat_std_km" in out:
+        import numpy as np
+
+        out[EPICENTRE_STD + "_raw"] = out[EPICENTRE_STD]
+        out[EPICENTRE_STD] = np.hypot(out["pred_event_lat_std_km"], out["pred_event_lon_std_km"])
+    return out
