@@ -750,7 +750,7 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     commit = work / "COMMIT.json"
     if commit.exists():
         log(f"finishing an interrupted run: moving the outputs out of {work}")
-        return _finish(work, commit)
+        return _finish(work, commit, paths)
 
     # 1. Selection from the CSVs.
     selected, rejected, sel_counts = _selection(work, csvs, region_obj, filters,
@@ -781,7 +781,7 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     # 4. Commit: record what goes where, then move (a rerun finishes the moves).
     moves = {k: [str(staged[k]), str(paths[k])] for k in paths}
     atomic_save(commit, lambda p: Path(p).write_text(json.dumps(moves, indent=2)))
-    return {**_finish(work, commit), **info}
+    return {**_finish(work, commit, paths), **info}
 
 
 def _check_build_parameters(filters, split, shard_size, csv_chunk_rows):
@@ -833,9 +833,22 @@ def _counts(written, skipped, rejected, parts):
                              for s in SPLITS}}
 
 
-def _finish(work, commit):
-    """Move the staged outputs to their final names, then remove the work folder."""
+def _finish(work, commit, paths):
+    """Move the staged outputs to their final names, then remove the work folder.
+
+    COMMIT.json is data: each move must take a file from inside the work folder
+    to the output path this call computed, or nothing is moved.
+    """
     moves = json.loads(Path(commit).read_text())
+    inside = Path(work).resolve()
+    for key, pair in moves.items():
+        ok = key in paths and isinstance(pair, list) and len(pair) == 2 and \
+            Path(pair[0]).resolve().is_relative_to(inside) and \
+            Path(pair[1]).resolve() == Path(paths[key]).resolve()
+        if not ok:
+            raise ValueError(f"{commit}: move {key!r} is not one of this build's outputs "
+                             "(edited or foreign COMMIT.json); nothing moved: delete "
+                             f"{work} and build again")
     for src, dst in moves.values():
         dst = Path(dst)
         if not Path(src).exists():

@@ -69,7 +69,8 @@ def trainer1(input_hdf5=None,
              resume=False,
              bandpass=False,
              mixed_precision="off",
-             jit_compile=None):
+             jit_compile=None,
+             allow_overlap=False):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters
@@ -156,6 +157,11 @@ def trainer1(input_hdf5=None,
         last completed epoch (model, optimizer, learning-rate schedule, best
         value, early-stopping count, history), with the parameters saved in
         its ``run_config.json``.
+    allow_overlap : bool
+        Do not warn when the validation split shares trace ids or earthquakes
+        (same ``source_id``, else the same epicentre, depth and origin time)
+        with the training split; the overlap is still written to X_report.txt.
+        A trace named twice inside one split is always an error.
 
     Returns
     -------
@@ -230,6 +236,8 @@ def build_parser():
     p.add_argument("--jit_compile", action=n, default=d["jit_compile"],
                    help="XLA-compile the steps (default: Keras auto: on a single TensorFlow "
                         "GPU, always on JAX)")
+    p.add_argument("--allow_overlap", action="store_true",
+                   help="no warning when validation shares traces or earthquakes with training")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run <output_name>_outputs from its last epoch")
     cli.add_debug(p)
@@ -239,7 +247,9 @@ def build_parser():
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     args["input_dimention"] = tuple(args["input_dimention"])
-    return cli.run_main(trainer1, args, "trainer1")
+    return cli.run_main(trainer1, args, "trainer1", interrupted=(
+        f"every completed epoch is saved: continue with --output_name {args['output_name']} "
+        "--resume"))
 
 
 if __name__ == "__main__":

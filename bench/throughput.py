@@ -163,7 +163,9 @@ def run_measured(cmd, log_path, poll_s=0.2):
     """
     peak_kb = 0
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # Output names are plain names (no paths): run in the folder of the log.
+        proc = subprocess.Popen(cmd, cwd=Path(log_path).parent, stdout=log,
+                                stderr=subprocess.STDOUT)
         while proc.poll() is None:
             try:
                 with open(f"/proc/{proc.pid}/status") as status:
@@ -180,7 +182,7 @@ def run_measured(cmd, log_path, poll_s=0.2):
 
 
 def trainer_cmd(data, out_name, args, head, epochs):
-    cmd = [sys.executable, "01_train/trainer1.py", "--input_hdf5", data["hdf5"],
+    cmd = [sys.executable, str(ROOT / "01_train" / "trainer1.py"), "--input_hdf5", data["hdf5"],
            "--input_trainset", data["train"], "--input_validset", data["valid"],
            "--output_name", out_name, "--epochs", str(epochs),
            "--batch_size", str(args.batch_size), "--foundation_weights", "none",
@@ -200,7 +202,7 @@ def trainer_rate(data, run_dir, args, head):
     import pandas as pd
 
     out = run_dir / "c_train"
-    run_measured(trainer_cmd(data, str(out), args, head, args.epochs), run_dir / "c_train.log")
+    run_measured(trainer_cmd(data, out.name, args, head, args.epochs), run_dir / "c_train.log")
     history = pd.read_csv(f"{out}_outputs/history.csv")
     checkpoint = sorted(Path(f"{out}_outputs/models").glob("*.weights.h5"))[-1]
     return float(history["train_traces_per_s"].iloc[-1]), str(checkpoint)
@@ -209,9 +211,9 @@ def trainer_rate(data, run_dir, args, head):
 def tester_rate(data, run_dir, args, checkpoint):
     """(e) tester1's traces/s after setup, from its X_report.txt."""
     out = run_dir / "e_test"
-    cmd = [sys.executable, "02_test/tester1.py", "--input_hdf5", data["hdf5"],
+    cmd = [sys.executable, str(ROOT / "02_test" / "tester1.py"), "--input_hdf5", data["hdf5"],
            "--input_testset", data["test"], "--input_model", checkpoint,
-           "--output_name", str(out), "--batch_size", str(args.batch_size),
+           "--output_name", out.name, "--batch_size", str(args.batch_size),
            "--mixed_precision", args.precision, "--verbose", "0"]
     run_measured(cmd, run_dir / "e_test.log")
     report = dict(line.split(": ", 1) for line in
@@ -222,7 +224,7 @@ def tester_rate(data, run_dir, args, checkpoint):
 def peak_rss(data, run_dir, args, label):
     """(f) peak RSS (MB) of a one-epoch trainer1 run in generator mode (small head)."""
     out = run_dir / f"f_rss_{label}"
-    return run_measured(trainer_cmd(data, str(out), args, SMALL_RSS_HEAD, 1),
+    return run_measured(trainer_cmd(data, out.name, args, SMALL_RSS_HEAD, 1),
                         run_dir / f"f_rss_{label}.log")
 
 
@@ -249,7 +251,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     head = HEADS[args.head]
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     small = synthetic_file(workdir, args.n_small)

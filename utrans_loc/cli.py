@@ -104,14 +104,21 @@ def prepare_environment(argv=None):
             f"{flags} --xla_force_host_platform_device_count={max(known.number_of_gpus, 1)}".strip())
 
 
-def run_main(func, args, prog):
+def run_main(func, args, prog, interrupted=""):
     """Call ``func(**args)``; user errors exit with status 2 and one clear line.
 
-    ``args['debug']`` (popped) re-raises to show the traceback.
+    Ctrl-C (SIGINT) exits with status 130 and one line, followed by
+    ``interrupted`` (what to do next, e.g. how to resume). ``args['debug']``
+    (popped) re-raises to show the traceback.
     """
     debug = args.pop("debug", False)
     try:
         func(**args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as err:
         if debug:
             raise

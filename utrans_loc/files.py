@@ -32,6 +32,10 @@ def atomic_path(path, suffix=""):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        # A full disk or a lost mount: say which file, and that nothing earlier is lost.
+        raise OSError(err.errno, f"could not write {path} ({err.strerror or err}); its previous "
+                                 "version, if any, is kept") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -70,8 +74,17 @@ def check_output_parent(output_dir):
 
 
 def output_dir_for(output_name):
-    """``<output_name>_outputs`` as an absolute path (the upstream naming)."""
-    return os.path.abspath(f"{output_name}_outputs")
+    """``<output_name>_outputs`` in the working directory, as an absolute path (the
+    upstream naming). ``output_name`` is a name, not a path: one with a path
+    separator, ``..`` or nothing usable is refused (ValueError), so no value,
+    typed or read back from a run's JSON, writes outside the working directory."""
+    name = str(output_name)
+    if not name or name in (".", "..") or "/" in name or os.sep in name or \
+            (os.altsep and os.altsep in name) or "\0" in name:
+        raise ValueError(f"output_name must be a plain name (no '/', no '..'), got {name!r}: "
+                         "results go to <output_name>_outputs in the working directory; run "
+                         "from the folder where you want them")
+    return os.path.abspath(f"{name}_outputs")
 
 
 def check_new_output_dir(output_dir, hint="choose another --output_name (or move the folder away)"):
@@ -81,6 +94,46 @@ def check_new_output_dir(output_dir, hint="choose another --output_name (or move
                               f"{hint}")
     check_output_parent(output_dir)
     return output_dir
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def claimed_output_dir(output_dir, new, hint, prog):
+    """Hold ``output_dir`` for one run: created now when ``new`` (so a second run
+    started on the same name at the same time is refused at once), and locked
+    (``flock`` on ``.lock`` inside it) for as long as the run lasts, so a second
+    run, a resume included, cannot write into it. A new folder that the run
+    leaves empty (it failed before writing anything) is removed again.
+    """
+    import fcntl
+
+    if new:
+        check_output_parent(output_dir)
+        try:
+            os.mkdir(output_dir)
+        except FileExistsError:
+            raise FileExistsError(f"output folder {output_dir} already exists; it is left "
+                                  f"untouched: {hint}") from None
+    lock = os.path.join(output_dir, LOCK_NAME)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FileExistsError(f"{output_dir} is in use by another running {prog} (pid {other}); "
+                              "wait for it to finish or choose another --output_name") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        yield output_dir
+    finally:
+        os.remove(lock)
+        os.close(fd)   # closing releases the lock
+        if new and not os.listdir(output_dir):
+            os.rmdir(output_dir)
 
 
 def write_report(path, title, items):

@@ -180,6 +180,26 @@ def fit_reporting(model, generators, **fit_kwargs):
 
 
 def read_training_state(state_dir):
-    """The saved state of an interrupted run, or None if it never finished an epoch."""
+    """The saved state of an interrupted run, or None if it never finished an epoch.
+
+    state.json is data: the snapshot it names must be one of this callback's
+    own files in ``state_dir`` (``epoch_NNN.weights.h5``), never a path elsewhere.
+    """
+    import re
+
     path = os.path.join(state_dir, TrainingState.STATE)
-    return json.loads(Path(path).read_text()) if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = json.loads(Path(path).read_text())
+        weights = state["weights"]
+        int(state["epochs_done"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a trainer1 resume state ({err})") from None
+    if not isinstance(weights, str) or not re.fullmatch(r"epoch_\d{3,}\.weights\.h5", weights):
+        raise ValueError(f"{path}: names the snapshot {weights!r}, which is not one of this "
+                         "run's epoch_NNN.weights.h5 files")
+    if not os.path.isfile(os.path.join(state_dir, weights)):
+        raise FileNotFoundError(f"{path}: its snapshot {os.path.join(state_dir, weights)} is "
+                                "missing; the run cannot be resumed")
+    return state

@@ -13,34 +13,88 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 
 import numpy as np
 import pandas as pd
 
-from utrans_loc.traces import H5Reader, TraceError, attr_float, attr_snr
+from utrans_loc.traces import H5Reader, TraceError, attr_float, attr_snr, attr_text
 
 def load_ids(path):
-    """A split file (.npy array of trace-id strings) as a str array."""
+    """A split file (.npy array of trace-id strings) as a str array.
+
+    Never unpickles anything that can run code: a plain string array is read
+    with ``allow_pickle=False``; an older object array (which NumPy stores as
+    a pickle) is read by :func:`_load_object_ids`, which accepts only a NumPy
+    array of str/bytes. Anything else is refused with the conversion to use.
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"split file not found: {path}")
     try:
         ids = np.load(path, allow_pickle=False)
     except ValueError:
-        # Older split files were saved as object arrays, which need pickle.
-        ids = np.load(path, allow_pickle=True)
+        ids = _load_object_ids(path)
     except OSError as err:
         raise ValueError(f"{path}: not a numpy .npy file ({err})") from None
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "USO":
+        raise ValueError(f"{path}: holds {getattr(ids, 'dtype', type(ids).__name__)} values, "
+                         "not trace-id strings")
     ids = np.asarray(ids).ravel().astype(str)
     if ids.size == 0:
         raise ValueError(f"split file {path} is empty: no trace ids")
     return ids
 
 
+CONVERT_HINT = ("convert it, once, if you trust it: python -c \"import numpy as np; "
+                "np.save('NEW.npy', np.load('OLD.npy', allow_pickle=True).astype(str))\"")
+# The only callables an object array of strings needs to be rebuilt.
+_ARRAY_PICKLE_NAMES = {("numpy.core.multiarray", "_reconstruct"),
+                       ("numpy._core.multiarray", "_reconstruct"),
+                       ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles a NumPy object array and nothing else: any other global (os.system,
+    builtins.eval, ...) is refused before it can be called."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ARRAY_PICKLE_NAMES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a split file")
+
+
+def _load_object_ids(path):
+    """An object-dtype .npy of str/bytes (older split files), read without running code."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(fh)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a numpy .npy file ({err})") from None
+        if dtype.hasobject:
+            try:
+                ids = _ArrayOnlyUnpickler(fh).load()
+            except Exception as err:   # any malformed or hostile pickle: refuse, never run
+                raise ValueError(f"{path}: not a plain array of trace-id strings ({err}); "
+                                 f"{CONVERT_HINT}") from None
+        else:
+            raise ValueError(f"{path}: unreadable .npy file; {CONVERT_HINT}")
+    if not isinstance(ids, np.ndarray) or \
+            not all(isinstance(v, (str, bytes)) for v in ids.ravel().tolist()):
+        raise ValueError(f"{path}: the object array holds values that are not strings; "
+                         f"{CONVERT_HINT}")
+    return np.array([v.decode("utf8", "replace") if isinstance(v, bytes) else v
+                     for v in ids.ravel().tolist()], dtype=str)
+
+
 META_COLUMNS = ("station_lat", "station_lon", "event_lat", "event_lon", "depth_km",
                 "magnitude", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
                 "snr_db", "snr_db_min", "source_distance_km")
+TEXT_COLUMNS = ("source_id", "source_origin_time")   # event identity, where the file has it
 _ATTR_OF = {"station_lon": "station_long", "event_lon": "event_long", "depth_km": "depth"}
 
 
@@ -71,10 +125,13 @@ def read_metadata(file_name, ids):
             snr = attr_snr(attrs)
             row["snr_db"] = float(np.nanmean(snr)) if np.isfinite(snr).any() else math.nan
             row["snr_db_min"] = float(np.min(snr))   # NaN unless all 3 are known
+            for column in TEXT_COLUMNS:
+                text = attr_text(attrs, column)
+                row[column] = None if text == "None" else text
             rows.append({"trace_name": trace_id, **row})
     finally:
         reader.close()
-    return pd.DataFrame(rows, columns=("trace_name",) + META_COLUMNS)
+    return pd.DataFrame(rows, columns=("trace_name",) + META_COLUMNS + TEXT_COLUMNS)
 
 
 def check_split(file_name, ids, split_name, max_d, min_d, require_labels=True, dim=None):
@@ -98,6 +155,7 @@ def check_split(file_name, ids, split_name, max_d, min_d, require_labels=True, d
         raise TraceError(
             f"{split_name}: {len(bad)} trace(s) in {file_name} lack {what} "
             f"(noise or unlabeled traces cannot be used here), first: {', '.join(bad[:5])}")
+    _check_coordinates(meta, file_name, split_name)
     depth = meta["depth_km"].to_numpy(float)
     outside = np.isfinite(depth) & ((depth < min_d) | (depth > max_d))
     if outside.any():
@@ -107,15 +165,138 @@ def check_split(file_name, ids, split_name, max_d, min_d, require_labels=True, d
     return meta
 
 
+def _check_coordinates(meta, file_name, split_name):
+    """Latitudes in [-90, 90] and longitudes in [-180, 360) (a swapped or scaled
+    coordinate would silently give labels of hundreds of degrees)."""
+    limits = {"station_lat": 90.0, "event_lat": 90.0, "station_lon": 360.0, "event_lon": 360.0}
+    for column, limit in limits.items():
+        values = meta[column].to_numpy(float)
+        low = -90.0 if limit == 90.0 else -180.0
+        bad = meta.loc[np.isfinite(values) & ((values < low) | (values > limit)), "trace_name"]
+        if len(bad):
+            raise TraceError(f"{split_name}: {len(bad)} trace(s) in {file_name} have {column} "
+                             f"outside [{low:g}, {limit:g}] degrees (swapped or scaled "
+                             f"coordinates?), first: {', '.join(bad[:5])}")
+
+
 def check_shapes(file_name, ids, split_name, dim):
     """Every waveform of the split has shape ``dim`` (read from the HDF5 headers only)."""
     dim = tuple(int(d) for d in dim)
     reader = H5Reader(file_name)
     try:
-        shapes = ((t, reader.waveform_shape(t)) for t in ids)
-        bad = [f"{t} {shape}" for t, shape in shapes if shape != dim]
+        checked = [(t, reader.waveform_shape(t)) for t in ids]
+        bad = [f"{t} {shape}" for t, shape in checked if shape != dim]
     finally:
         reader.close()
     if bad:
+        hint = " (transposed? the data must be samples x channels)" if any(
+            shape == dim[::-1] for _, shape in checked if shape != dim) else ""
         raise TraceError(f"{split_name}: {len(bad)} trace(s) in {file_name} do not have the "
-                         f"shape {dim}, first: {', '.join(bad[:5])}")
+                         f"shape {dim}{hint}, first: {', '.join(bad[:5])}")
+
+
+# --------------------------------------------------------------------------
+# Leaks between splits
+# --------------------------------------------------------------------------
+# Two traces record the same earthquake when their source_id agree or, where a
+# trace has none, when epicentre, depth and (if both known) origin time agree
+# within these tolerances (catalogue rounding, not nearby events).
+SAME_EVENT_TOL = {"deg": 0.01, "depth_km": 1.0, "origin_s": 2.0}
+
+
+def check_no_duplicates(ids, split_name, path):
+    """TraceError when a split names a trace more than once (it would be weighted twice)."""
+    values, counts = np.unique(np.asarray(ids, dtype=str), return_counts=True)
+    dup = values[counts > 1]
+    if len(dup):
+        raise TraceError(f"{split_name} ({path}) names {len(dup)} trace(s) more than once, "
+                         f"first: {', '.join(dup[:5])}; remove the duplicates")
+
+
+def _origin_seconds(meta):
+    times = pd.to_datetime(meta["source_origin_time"], errors="coerce", utc=True, format="mixed")
+    return ((times - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()).to_numpy(float)
+
+
+def _same_events(a, b):
+    """Pairs (i, j) of rows of metadata tables ``a`` and ``b`` that record one earthquake."""
+    from scipy.spatial import cKDTree
+
+    pairs = set()
+    ida, idb = a["source_id"].to_numpy(object), b["source_id"].to_numpy(object)
+    by_id = {}
+    for j, sid in enumerate(idb):
+        if sid is not None and sid == sid:   # NaN != NaN: no id
+            by_id.setdefault(sid, []).append(j)
+    for i, sid in enumerate(ida):
+        if sid is not None and sid == sid:
+            pairs.update((i, j) for j in by_id.get(sid, ()))
+    no_id_a = np.array([v is None or v != v for v in ida], dtype=bool)
+    no_id_b = np.array([v is None or v != v for v in idb], dtype=bool)
+    if not no_id_a.any() and not no_id_b.any():
+        return sorted(pairs)
+    # Coordinates for the traces that lack a source_id on either side.
+    tol = SAME_EVENT_TOL
+    cols = ["event_lat", "event_lon", "depth_km"]
+    xa = a[cols].to_numpy(float) / [tol["deg"], tol["deg"], tol["depth_km"]]
+    xb = b[cols].to_numpy(float) / [tol["deg"], tol["deg"], tol["depth_km"]]
+    ok_a, ok_b = np.isfinite(xa).all(axis=1), np.isfinite(xb).all(axis=1)
+    if ok_a.any() and ok_b.any():
+        ta, tb = _origin_seconds(a), _origin_seconds(b)
+        rows_a, rows_b = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
+        near = cKDTree(xa[rows_a]).query_ball_tree(cKDTree(xb[rows_b]), r=1.0, p=np.inf)
+        for k, hits in enumerate(near):
+            i = rows_a[k]
+            for h in hits:
+                j = rows_b[h]
+                both_ids = not no_id_a[i] and not no_id_b[j]
+                far_in_time = np.isfinite(ta[i]) and np.isfinite(tb[j]) and \
+                    abs(ta[i] - tb[j]) > tol["origin_s"]
+                if not both_ids and not far_in_time:
+                    pairs.add((i, j))
+    return sorted(pairs)
+
+
+def split_overlap(name_a, meta_a, name_b, meta_b):
+    """What splits ``a`` and ``b`` share: the same trace ids, and the same earthquakes.
+
+    Returns
+    -------
+    dict
+        ``pair`` ('a vs b'), ``n_traces`` and ``traces`` (shared trace ids),
+        ``n_events`` (earthquakes recorded in both) and ``event_traces``
+        (the ``a`` traces of those earthquakes); empty lists when clean.
+    """
+    shared = sorted(set(meta_a["trace_name"]) & set(meta_b["trace_name"]))
+    pairs = _same_events(meta_a, meta_b)
+    rows_a = sorted({i for i, _ in pairs})
+    def key(i):
+        sid = meta_a["source_id"].iloc[i]
+        return sid if isinstance(sid, str) else tuple(meta_a[["event_lat", "event_lon",
+                                                              "depth_km"]].iloc[i].round(2))
+
+    keys = {key(i) for i in rows_a}
+    return {"pair": f"{name_a} vs {name_b}", "n_traces": len(shared), "traces": shared,
+            "n_events": len(keys), "event_traces": list(meta_a["trace_name"].iloc[rows_a])}
+
+
+def overlap_lines(findings):
+    """One line per overlapping pair of splits (for stderr and X_report.txt); [] when clean."""
+    lines = []
+    for f in findings:
+        if f["n_traces"] or f["n_events"]:
+            lines.append(f"{f['pair']}: {f['n_traces']} shared trace id(s)"
+                         f"{' (first: ' + ', '.join(f['traces'][:5]) + ')' if f['traces'] else ''}, "
+                         f"{f['n_events']} shared earthquake(s) in {len(f['event_traces'])} "
+                         f"trace(s) (first: {', '.join(f['event_traces'][:5]) or '-'})")
+    return lines
+
+
+def report_overlap(findings, allow_overlap, prog):
+    """Print the overlap warning (unless ``allow_overlap``); returns the report lines."""
+    lines = overlap_lines(findings)
+    if lines and not allow_overlap:
+        for line in lines:
+            print(f"{prog}: warning: splits overlap, {line}; every metric on the second split "
+                  "is inflated (pass --allow_overlap if this is on purpose)", file=sys.stderr)
+    return lines

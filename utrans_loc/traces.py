@@ -43,6 +43,11 @@ def attr_float(attrs, name):
     return float(arr[0]) if arr.size else math.nan
 
 
+def attr_text(attrs, name):
+    """A text attribute as str; 'None' when absent or empty (bytes and 1-element arrays unwrapped)."""
+    return _text(attrs[name]) if name in attrs else "None"
+
+
 def attr_snr(attrs):
     """The 3 SNR values (dB); NaN where absent. Accepts arrays, strings like '[1 2 3]'."""
     value = attrs.get("snr_db", None)
@@ -235,6 +240,14 @@ def trace_meta(attrs):
 
 
 
+def describe_open_error(file_name, err):
+    """The one-line message for an HDF5 file h5py could not open for reading."""
+    if "lock" in str(err).lower():
+        return (f"{file_name}: is open for writing by another process (HDF5 file lock): wait "
+                "until it has finished writing the file, then run again")
+    return f"{file_name}: not a readable HDF5 file ({err})"
+
+
 class H5Reader:
     """One open HDF5 file per process: reopened after a fork, never per batch.
 
@@ -260,7 +273,7 @@ class H5Reader:
             try:
                 self._fh = h5py.File(self.file_name, "r")
             except OSError as err:
-                raise ValueError(f"{self.file_name}: not a readable HDF5 file ({err})") from None
+                raise ValueError(describe_open_error(self.file_name, err)) from None
             self._pid = os.getpid()
             self._layout = h5_layout(self._fh)
         return self._fh
@@ -312,8 +325,10 @@ class H5Reader:
             except KeyError:
                 continue
             if dset.shape != out.shape:
+                hint = " (transposed? the data must be samples x channels)" \
+                    if dset.shape == out.shape[::-1] else ""
                 raise TraceError(f"trace '{trace_id}' in {self.file_name} has shape "
-                                 f"{dset.shape}, expected {out.shape}")
+                                 f"{dset.shape}, expected {out.shape}{hint}")
             dset.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
             if self.bandpass:
                 out[...] = bandpass_taper(out)

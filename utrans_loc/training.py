@@ -76,6 +76,7 @@ class TrainConfig:
     bandpass: bool
     mixed_precision: str
     jit_compile: bool | None
+    allow_overlap: bool
 
     @property
     def head(self):
@@ -103,11 +104,26 @@ class Run:
         return os.path.join(self.output_dir, "resume")
 
 
+NEW_NAME_HINT = ("choose another --output_name, move the folder away, or pass --resume to "
+                 "continue that run")
+
+
 def run(cfg):
     """Train as ``cfg`` says; returns trainer1's result dict."""
     start = time.time()
-    cfg, run_ = open_run(cfg)
+    output_dir = files.output_dir_for(cfg.output_name)
+    if cfg.resume:
+        cfg = resume_config(output_dir, cfg)
     check_parameters(cfg)
+    # Held for the whole run: a second trainer1 on the same name is refused.
+    with files.claimed_output_dir(output_dir, not cfg.resume, NEW_NAME_HINT, "trainer1"):
+        run_ = Run(output_dir, None)
+        run_.state = run_state.read_training_state(run_.state_dir) if cfg.resume else None
+        return train(cfg, run_, start)
+
+
+def train(cfg, run_, start):
+    """The run inside its claimed output folder: data, model, fit, outputs."""
     data = check_data(cfg)
     weights = None if run_.state else ub.resolve_foundation_weights(cfg.foundation_weights)
     cfg = dataclasses.replace(cfg, seed=cfg.seed if cfg.seed is not None
@@ -133,20 +149,6 @@ def run(cfg):
                                 shuffle=False, verbose=cfg.verbose)
     raise_if_nan(callbacks)
     return write_outputs(cfg, run_, data, model, weights, callbacks, start)
-
-
-def open_run(cfg):
-    """A new output folder (refused if it exists), or the interrupted run to resume."""
-    output_dir = files.output_dir_for(cfg.output_name)
-    if cfg.resume:
-        cfg = resume_config(output_dir, cfg)
-    else:
-        files.check_new_output_dir(output_dir, "choose another --output_name, move the folder "
-                                   "away, or pass --resume to continue that run")
-    files.check_output_parent(output_dir)
-    run_ = Run(output_dir, None)
-    run_.state = run_state.read_training_state(run_.state_dir) if cfg.resume else None
-    return cfg, run_
 
 
 def resume_config(output_dir, cfg):
@@ -187,13 +189,18 @@ def check_parameters(cfg):
 
 
 def check_data(cfg):
-    """Both splits read and checked against the file: {split name: ids, ... metadata}."""
+    """Both splits read and checked against the file and against each other:
+    {split name: ids, split name + '_meta': metadata, 'overlap': report lines}."""
     data = {}
     for name in ("input_trainset", "input_validset"):
         ids = splits.load_ids(getattr(cfg, name))
+        splits.check_no_duplicates(ids, name, getattr(cfg, name))
         data[name] = ids
         data[name + "_meta"] = splits.check_split(cfg.input_hdf5, ids, name, cfg.max_d, cfg.min_d,
                                                   require_labels=True, dim=cfg.input_dimention)
+    data["overlap"] = splits.report_overlap(
+        [splits.split_overlap("input_validset", data["input_validset_meta"], "input_trainset",
+                              data["input_trainset_meta"])], cfg.allow_overlap, "trainer1")
     if cfg.mode == "pre_load_generator":
         # Both splits together, before either is read: each generator checks only its own.
         check_preload(len(set(data["input_trainset"])) + len(set(data["input_validset"])),
@@ -339,6 +346,7 @@ def report_items(cfg, data, model, weights_note_, result):
             ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
             ("n_train_traces", len(data["input_trainset"])),
             ("n_valid_traces", len(data["input_validset"])),
+            ("split_overlap", "; ".join(data["overlap"]) or "none found"),
             ("n_parameters", model.count_params()),
             ("epochs_run", len(result["history"].get("loss", []))),
             ("best_epoch", result["best_epoch"]), ("best_" + cfg.monitor, result["best_loss"]),
