@@ -250,10 +250,15 @@ def write_run_files(cfg, run_):
     os.makedirs(run_.state_dir)
     files.atomic_write_text(os.path.join(run_.output_dir, RUN_CONFIG),
                             json.dumps(dataclasses.asdict(cfg), indent=1, default=list))
+    # The split files travel with the weights: a tester can check its test split
+    # against the very splits this model was trained and validated on.
     write_model_config(os.path.join(run_.models_dir, MODEL_CONFIG_NAME),
                        input_dimention=list(cfg.input_dimention), max_d=cfg.max_d,
                        min_d=cfg.min_d, normalization_mode=cfg.normalization_mode,
-                       bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision, **cfg.head)
+                       bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision, **cfg.head,
+                       trained_on={"input_hdf5": os.path.abspath(cfg.input_hdf5),
+                                   "input_trainset": os.path.abspath(cfg.input_trainset),
+                                   "input_validset": os.path.abspath(cfg.input_validset)})
 
 
 def make_callbacks(cfg, run_, train_gen):
