@@ -11,7 +11,10 @@ Example::
 is read from the ``model_config.json`` beside it) or an upstream Keras 2 ``.h5``
 location checkpoint (head size inferred from its shapes). Writes
 ``<output_name>_outputs/X_test_results.csv`` (one row per trace) and
-``X_report.txt``; an existing output folder is never touched.
+``X_report.txt``; an existing output folder is never touched. With
+``--estimate_uncertainty --calibration_set valid_Events.npy`` the Monte-Carlo
+error bars are calibrated on the validation split first (``calibration.json``;
+reuse it with ``--calibration``).
 """
 
 import os
@@ -53,7 +56,9 @@ def tester1(input_hdf5=None,
             seed=None,
             bandpass=None,
             mixed_precision="off",
-            verbose=1):
+            verbose=1,
+            calibration_set=None,
+            calibration=None):
     """Predict the test split and write ``<output_name>_outputs/``.
 
     Parameters
@@ -107,13 +112,30 @@ def tester1(input_hdf5=None,
         predictions whatever precision trained the weights.
     verbose : int
         0: quiet; 1: progress bar and summary.
+    calibration_set : str or None
+        ``.npy`` of labeled trace ids in ``input_hdf5`` (e.g. the validation
+        split ``valid_Events.npy``, never the test split) on which the
+        Monte-Carlo spread is calibrated: it is sampled first (same
+        ``number_of_sampling`` and ``seed``), one std factor per quantity
+        (lat, lon, depth) is fitted so that the 1- and 2-sigma intervals
+        cover the truth as often as a Gaussian's
+        (:func:`utrans_loc.uncertainty.fit_calibration`), written to
+        ``<output_name>_outputs/calibration.json`` and applied to the test
+        predictions: the ``*_std`` columns are then calibrated and the raw
+        spread is kept in ``*_std_raw``. Needs ``estimate_uncertainty``.
+    calibration : str or None
+        A saved ``calibration.json`` to apply instead of fitting one; refused
+        when fitted on another model file. Needs ``estimate_uncertainty``;
+        not together with ``calibration_set``.
 
     Returns
     -------
     dict
         ``output_dir``, ``results`` (DataFrame), ``summary`` (n, MAEs),
-        ``time_s`` (whole call) and ``timings``: ``setup_s`` (checks, model
-        build, weights), ``compile_s`` (the prediction function, on a zero
+        ``calibration`` (the calibration dict applied, or None), ``time_s``
+        (whole call) and ``timings``: ``setup_s`` (checks, model build,
+        weights), ``calibration_s`` (with ``calibration_set``: sampling it
+        and fitting), ``compile_s`` (the prediction function, on a zero
         batch), ``predict_s`` (reading, normalising and predicting,
         overlapped), ``write_s`` (results table and CSV).
     """
@@ -144,6 +166,14 @@ def build_parser():
                    help="Monte-Carlo dropout: sample the model and report the std")
     p.add_argument("--number_of_sampling", type=int, default=d["number_of_sampling"],
                    help="samples per trace with --estimate_uncertainty")
+    p.add_argument("--calibration_set", default=d["calibration_set"],
+                   help=".npy of labeled trace ids in --input_hdf5 (e.g. valid_Events.npy): "
+                        "sample it first, fit one std factor per quantity, write "
+                        "calibration.json and apply it (raw spread kept in *_std_raw); "
+                        "needs --estimate_uncertainty")
+    p.add_argument("--calibration", default=d["calibration"],
+                   help="apply a saved calibration.json (fitted on this --input_model) instead "
+                        "of fitting one; needs --estimate_uncertainty")
     p.add_argument("--normalization_mode", default=d["normalization_mode"], choices=["std", "max"],
                    help="normalisation used in training; default: model_config.json, else std")
     p.add_argument("--foundation_weights", default=d["foundation_weights"],

@@ -37,7 +37,8 @@ def reader(input, output_dir=None, figures=True):
     -------
     dict
         ``n_total``, ``n_scored``, ``metrics``, ``baseline``, ``coverage``
-        (only with Monte-Carlo std columns) and ``breakdown`` (DataFrames,
+        (only with Monte-Carlo std columns; with a ``spread`` column, raw |
+        calibrated, when the tester calibrated them) and ``breakdown`` (DataFrames,
         None when nothing is scorable), ``uncertainty`` (predicted-std summary
         over all traces, labeled or not; None without std columns), ``paths``
         (files written) and ``message`` (why nothing was scored, else None).
@@ -65,9 +66,15 @@ def reader(input, output_dir=None, figures=True):
     baseline_errors = lm.constant_baseline(df)
     out['metrics'] = lm.metrics_table(errors)
     out['baseline'] = lm.metrics_table(baseline_errors)
-    out['coverage'] = lm.coverage_table(df, errors)
+    # A calibrated table is scored with both spreads, so the report shows
+    # what the calibration changed.
+    if lm.is_calibrated(df):
+        out['coverage'] = lm.coverage_comparison(df, errors)
+        reliability = lm.reliability_comparison(df, errors)
+    else:
+        out['coverage'] = lm.coverage_table(df, errors)
+        reliability = lm.reliability_curve(df, errors)
     out['breakdown'] = lm.breakdown_table(df, errors, baseline_errors)
-    reliability = lm.reliability_curve(df, errors)
     out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'],
                                     coverage=out['coverage'], breakdown=out['breakdown'],
                                     reliability=reliability)
@@ -93,6 +100,9 @@ def _report(res):
         print(res['breakdown'].to_string(index=False, float_format=lm.fmt))
     if res['coverage'] is not None:
         print('\nuncertainty calibration (fraction of truths inside 1 / 2 predicted sigma):')
+        if 'spread' in res['coverage'].columns:
+            print('spread: raw = Monte-Carlo std (*_std_raw), calibrated = scaled by the '
+                  "tester's calibration (*_std)")
         print(lm.format_table(res['coverage']))
     print('\nconstant predictor (test-set mean offset, optimistic):')
     print(lm.format_table(res['baseline']))

@@ -75,8 +75,10 @@ def make_figures(df, errors, fig_dir, reliability=None, breakdown=None):
     fig_dir : str or os.PathLike
         Destination folder (created if missing).
     reliability, breakdown : pandas.DataFrame, optional
-        :func:`reliability_curve` and :func:`breakdown_table` outputs; when
-        given (and not empty) ``reliability.png`` / ``breakdown.png`` are added.
+        :func:`reliability_curve` (or :func:`reliability_comparison`: one
+        panel per quantity, raw and calibrated spread) and
+        :func:`breakdown_table` outputs; when given (and not empty)
+        ``reliability.png`` / ``breakdown.png`` are added.
 
     Returns
     -------
@@ -111,6 +113,8 @@ def make_figures(df, errors, fig_dir, reliability=None, breakdown=None):
 
 
 def _reliability_figure(plt, curve, path):
+    if 'spread' in curve.columns:
+        return _reliability_comparison_figure(plt, curve, path)
     fig, ax = plt.subplots(figsize=(5, 5))
     for q, part in curve.groupby('quantity', sort=False):
         ax.plot(part['expected'], part['observed'], marker='o', ms=3, label=q)
@@ -121,6 +125,28 @@ def _reliability_figure(plt, curve, path):
     ax.set_ylim(0, 1)
     ax.set_title('below the diagonal: error bars too small')
     ax.legend(loc='upper left', fontsize=8)
+    return _save(fig, path)
+
+
+def _reliability_comparison_figure(plt, curve, path):
+    """One panel per quantity: the raw and the calibrated spread against the diagonal."""
+    quantities = list(dict.fromkeys(curve['quantity']))
+    cols = min(len(quantities), 2)
+    rows = -(-len(quantities) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
+    style = {'raw': dict(ls='--', marker='o', color='tab:red', label='raw Monte-Carlo std'),
+             'calibrated': dict(ls='-', marker='s', color='tab:blue', label='calibrated std')}
+    for ax, q in zip(axes.ravel(), quantities):
+        for spread, part in curve[curve['quantity'] == q].groupby('spread', sort=False):
+            ax.plot(part['expected'], part['observed'], ms=3, **style[spread])
+        ax.plot([0, 1], [0, 1], 'k:', lw=1, label='ideal (Gaussian errors)')
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=q, xlabel='expected coverage (nominal level)',
+               ylabel='observed coverage')
+    for ax in axes.ravel()[len(quantities):]:
+        ax.set_visible(False)
+    axes[0][0].legend(loc='upper left', fontsize=8)
+    fig.suptitle('below the diagonal: error bars too small')
+    fig.tight_layout()
     return _save(fig, path)
 
 

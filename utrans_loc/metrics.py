@@ -3,7 +3,8 @@
 Reads the per-trace table written by the tester (``X_test_results.csv``),
 turns it into signed / absolute location errors, summary metrics (MAE, RMSE,
 median, 90th percentile, bias, std), a constant-predictor baseline, and the
-coverage of the Monte-Carlo error bars. Figures are in :mod:`utrans_loc.figures`.
+coverage of the Monte-Carlo error bars (for a calibrated table, of the raw and
+the calibrated spread side by side). Figures are in :mod:`utrans_loc.figures`.
 
 All files are written atomically (:mod:`utrans_loc.files`). Must not import
 keras: the reader runs without a deep-learning backend.
@@ -32,6 +33,13 @@ STD_COLUMNS = {'lat_deg': 'pred_event_lat_std', 'lon_deg': 'pred_event_lon_std',
 COVERAGE_COLUMNS = ('quantity', 'n', 'mean_std', 'median_std', 'expected_1sigma',
                     'coverage_1sigma', 'expected_2sigma', 'coverage_2sigma',
                     'spearman_std_abs_error')
+# A calibrated table (tester1 --calibration_set / --calibration) keeps the raw
+# Monte-Carlo spread of every std column in <column>_raw.
+RAW_SUFFIX = '_raw'
+SPREADS = ('raw', 'calibrated')
+# Reliability levels of the raw-vs-calibrated comparison: 10 points, every
+# other one of reliability_curve's 19, so the raw curve matches an uncalibrated run's.
+COMPARISON_LEVELS = np.round(np.linspace(0.05, 0.95, 10), 10)
 # Bin edges of the breakdowns (left-closed); a bin with no trace is left out.
 BREAKDOWN_BINS = {
     'epicentral_distance_km': (0, 20, 40, 60, 80, 110, 150, np.inf),
@@ -345,11 +353,68 @@ def reliability_curve(df, errors, levels=np.linspace(0.05, 0.95, 19)):
     return pd.DataFrame(rows, columns=['quantity', 'expected', 'observed'])
 
 
+def is_calibrated(df):
+    """Whether the table holds calibrated std columns with the raw spread beside them."""
+    return any(col + RAW_SUFFIX in df.columns for col in STD_COLUMNS.values())
+
+
+def raw_spread(df):
+    """A copy of a calibrated table whose std columns (every column with a
+    ``<column>_raw`` beside it) hold the raw Monte-Carlo spread again."""
+    out = df.copy()
+    for col in df.columns:
+        if col + RAW_SUFFIX in df.columns:
+            out[col] = df[col + RAW_SUFFIX]
+    return out
+
+
+def _by_spread(make, df, errors):
+    """``make(table, errors)`` for the raw and the calibrated spread, with a 'spread'
+    column after 'quantity', rows of one quantity next to each other."""
+    parts = []
+    for spread, table in zip(SPREADS, (raw_spread(df), df)):
+        part = make(table, errors)
+        if part is None:
+            return None
+        part.insert(1, 'spread', spread)
+        parts.append(part)
+    both = pd.concat(parts, ignore_index=True)
+    order = {q: i for i, q in enumerate(both['quantity'].drop_duplicates())}
+    return both.sort_values('quantity', key=lambda q: q.map(order), kind='stable',
+                            ignore_index=True)
+
+
+def coverage_comparison(df, errors):
+    """:func:`coverage_table` of the raw and of the calibrated spread, side by side.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A calibrated results table (:func:`is_calibrated`).
+    errors : pandas.DataFrame
+        Output of :func:`location_errors`.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``COVERAGE_COLUMNS`` with ``spread`` ('raw' | 'calibrated') after
+        ``quantity``; for each quantity the raw row, then the calibrated one.
+    """
+    return _by_spread(coverage_table, df, errors)
+
+
+def reliability_comparison(df, errors, levels=COMPARISON_LEVELS):
+    """:func:`reliability_curve` of the raw and the calibrated spread (``spread`` column)."""
+    return _by_spread(lambda table, err: reliability_curve(table, err, levels), df, errors)
+
+
 def uncertainty_summary(df):
-    """Predicted-uncertainty statistics over all rows (also unlabeled ones)."""
+    """Predicted-uncertainty statistics over all rows (also unlabeled ones); for a
+    calibrated table each std column is followed by its raw spread."""
+    columns = [c for col in STD_COLUMNS.values() for c in (col, col + RAW_SUFFIX)]
     rows = [{'column': col, 'n': int(df[col].notna().sum()), 'mean': df[col].mean(),
              'median': df[col].median(), 'p90': df[col].quantile(0.9)}
-            for col in STD_COLUMNS.values() if col in df.columns]
+            for col in columns if col in df.columns]
     return pd.DataFrame(rows, columns=['column', 'n', 'mean', 'median', 'p90']) if rows else None
 
 
@@ -478,6 +543,10 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
                   'next to the fraction a calibrated Gaussian gives (epicentre: 2-D radius); '
                   'Spearman correlation of predicted std with |error|.', '',
                   _markdown(coverage), '']
+        if 'spread' in coverage.columns:
+            parts[-1:-1] = ['', 'spread: raw = the Monte-Carlo standard deviation '
+                            '(`*_std_raw`), calibrated = scaled by the factors of the '
+                            "tester's calibration (`*_std`)."]
     if reliability is not None and len(reliability):
         paths.append(_write_csv(reliability, os.path.join(out_dir, 'reliability.csv')))
     if breakdown is not None and len(breakdown):

@@ -1,7 +1,10 @@
 """tester1's run: rebuild the trained model, predict a split, write the results table.
 
 ``02_test/tester1.py`` holds the upstream signature, its documentation and the
-command line and hands one :class:`TestConfig` to :func:`run`.
+command line and hands one :class:`TestConfig` to :func:`run`. With a
+calibration (fitted here on ``calibration_set``, or a saved ``calibration``)
+the std columns are scaled by :mod:`utrans_loc.uncertainty` and the raw
+Monte-Carlo spread is kept beside them.
 :func:`predict_samples` (deterministic or Monte-Carlo) and
 :func:`results_table` are the library part, used by anything that predicts.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +23,7 @@ from tqdm import tqdm
 
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
-from utrans_loc import checkpoints, devices, files, metrics, splits
+from utrans_loc import checkpoints, devices, files, metrics, splits, uncertainty
 from utrans_loc.uncertainty import mc_sampling_model
 
 
@@ -51,6 +55,8 @@ class TestConfig:
     bandpass: bool | None
     mixed_precision: str
     verbose: int
+    calibration_set: str | None = None
+    calibration: str | None = None
 
     @property
     def n_samples(self):
@@ -70,36 +76,37 @@ def run(cfg):
     meta = splits.check_split(cfg.input_hdf5, test_ids, "input_testset", settings["max_d"],
                               settings["min_d"], require_labels=False,
                               dim=settings["input_dimention"])
+    # Both calibration inputs are checked before the model is built: a wrong
+    # file fails in seconds, not after the sampling.
+    calibration = read_saved_calibration(cfg)
+    calibration_meta = check_calibration_set(cfg, settings, test_ids)
     devices.configure_gpus(cfg.gpu_limit, cfg.gpuid)
     weights = ub.resolve_foundation_weights(cfg.foundation_weights) \
         if str(cfg.foundation_weights).lower() != "none" else None
     model, loaded = checkpoints.build_from_checkpoint(cfg.input_model, settings, weights,
                                                       cfg.mixed_precision)
-    generator = U.DataGeneratorPrediction(test_ids, cfg.input_hdf5,
-                                          dim=settings["input_dimention"],
-                                          batch_size=cfg.batch_size,
-                                          norm_mode=settings["normalization_mode"],
-                                          bandpass=settings["bandpass"])
+    generator = prediction_generator(test_ids, cfg, settings)
     timings = {"setup_s": time.time() - start}
+    if calibration_meta is not None:
+        calibration = fit_on_calibration_set(model, calibration_meta, cfg, settings, timings)
     pred = predict_samples(model, generator, cfg.n_samples, seed=cfg.seed,
                            progress=cfg.verbose > 0, timings=timings)
     table_start = time.time()
     results = results_table(meta, pred, settings["max_d"], settings["min_d"])
-    os.makedirs(output_dir)
-    csv_path = os.path.join(output_dir, metrics.RESULTS_NAME)
-    files.atomic_write(csv_path, lambda fh: results.to_csv(fh, index=False, float_format="%.17g"))
+    if calibration is not None:
+        results = uncertainty.apply_calibration(results, calibration)
+    csv_path = write_results(output_dir, results,
+                             fitted=calibration if cfg.calibration_set else None)
     summary = summarize(results)
     elapsed = time.time() - start
     timings["write_s"] = time.time() - table_start
     files.write_report(os.path.join(output_dir, "X_report.txt"), "tester1",
                        report_items(cfg, settings, loaded, weights, summary, timings, elapsed,
-                                    len(results)))
+                                    len(results), calibration_items(cfg, calibration, output_dir)))
     if cfg.verbose:
-        print(f"tester1: n={summary['n']} (with truth: {summary['n_with_truth']}), "
-              f"epicentral MAE {summary['epicentral_mae_km']:.2f} km, "
-              f"depth MAE {summary['depth_mae_km']:.2f} km -> {csv_path}")
+        print_summary(summary, csv_path, calibration)
     return {"output_dir": output_dir, "results": results, "summary": summary, "time_s": elapsed,
-            "timings": timings}
+            "timings": timings, "calibration": calibration}
 
 
 def check_parameters(cfg):
@@ -112,16 +119,111 @@ def check_parameters(cfg):
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
         raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
+    if cfg.calibration_set and cfg.calibration:
+        raise ValueError("give calibration_set (fit a new calibration) or calibration (reuse a "
+                         "saved one), not both")
+    for name in ("calibration_set", "calibration"):
+        if getattr(cfg, name) and not cfg.estimate_uncertainty:
+            raise ValueError(f"{name} scales the Monte-Carlo spread: it needs "
+                             "estimate_uncertainty")
 
 
-def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n):
-    """X_report.txt: inputs, model settings, summary, timings."""
+def prediction_generator(ids, cfg, settings):
+    """The prediction generator of a split, read as in training."""
+    return U.DataGeneratorPrediction(ids, cfg.input_hdf5, dim=settings["input_dimention"],
+                                     batch_size=cfg.batch_size,
+                                     norm_mode=settings["normalization_mode"],
+                                     bandpass=settings["bandpass"])
+
+
+def read_saved_calibration(cfg):
+    """``cfg.calibration`` read and checked against ``cfg.input_model``, or None."""
+    if not cfg.calibration:
+        return None
+    calibration = uncertainty.read_calibration(cfg.calibration, cfg.input_model)
+    fitted_with = calibration.get("number_of_sampling")
+    if fitted_with is not None and int(fitted_with) != cfg.n_samples:
+        # The spread of few samples is biased low, so the factor depends on N.
+        print(f"warning: calibration {cfg.calibration} was fitted with number_of_sampling "
+              f"{fitted_with}, this run uses {cfg.n_samples}", file=sys.stderr)
+    return calibration
+
+
+def check_calibration_set(cfg, settings, test_ids):
+    """Metadata of ``cfg.calibration_set`` (labeled traces of input_hdf5), or None."""
+    if not cfg.calibration_set:
+        return None
+    ids = splits.load_ids(cfg.calibration_set)
+    meta = splits.check_split(cfg.input_hdf5, ids, "calibration_set", settings["max_d"],
+                              settings["min_d"], require_labels=True,
+                              dim=settings["input_dimention"])
+    shared = np.intersect1d(ids, test_ids).size
+    if shared:
+        print(f"warning: {shared} of the {len(ids)} calibration_set traces are also in "
+              "input_testset: their coverage will look better than it is", file=sys.stderr)
+    return meta
+
+
+def fit_on_calibration_set(model, meta, cfg, settings, timings):
+    """Sample the calibration set as the test set will be (same N, same seed) and fit."""
+    start = time.time()
+    pred = predict_samples(model, prediction_generator(meta["trace_name"].to_numpy(), cfg,
+                                                       settings),
+                           cfg.n_samples, seed=cfg.seed, progress=cfg.verbose > 0)
+    table = results_table(meta, pred, settings["max_d"], settings["min_d"])
+    calibration = uncertainty.fit_calibration(
+        table, model_file=cfg.input_model, calibration_set=os.path.abspath(cfg.calibration_set),
+        input_hdf5=os.path.abspath(cfg.input_hdf5), number_of_sampling=cfg.n_samples,
+        seed=cfg.seed)
+    timings["calibration_s"] = time.time() - start
+    return calibration
+
+
+def write_results(output_dir, results, fitted=None):
+    """Create ``output_dir`` and write the results CSV (and the calibration fitted in this run)."""
+    os.makedirs(output_dir)
+    if fitted is not None:
+        uncertainty.write_calibration(os.path.join(output_dir, uncertainty.CALIBRATION_NAME),
+                                      fitted)
+    csv_path = os.path.join(output_dir, metrics.RESULTS_NAME)
+    files.atomic_write(csv_path, lambda fh: results.to_csv(fh, index=False, float_format="%.17g"))
+    return csv_path
+
+
+def print_summary(summary, csv_path, calibration):
+    print(f"tester1: n={summary['n']} (with truth: {summary['n_with_truth']}), "
+          f"epicentral MAE {summary['epicentral_mae_km']:.2f} km, "
+          f"depth MAE {summary['depth_mae_km']:.2f} km -> {csv_path}")
+    if calibration is not None:
+        print(f"tester1: std columns calibrated ({factors_text(calibration)}; raw spread in "
+              "*_std_raw)")
+
+
+def factors_text(calibration):
+    """'lat 2.1, lon 1.9, depth 3.4': the std factors of a calibration."""
+    return ", ".join(f"{q} {f:.4g}" for q, f in calibration["factors"].items())
+
+
+def calibration_items(cfg, calibration, output_dir):
+    """X_report.txt lines saying which calibration scaled the std columns."""
+    if calibration is None:
+        return [("calibration", "none (std columns: raw Monte-Carlo spread)")]
+    source = (f"fitted on {cfg.calibration_set} -> "
+              f"{os.path.join(output_dir, uncertainty.CALIBRATION_NAME)}"
+              if cfg.calibration_set else f"{os.path.abspath(cfg.calibration)} (reused)")
+    return [("calibration", source), ("calibration_method", calibration.get("method")),
+            ("calibration_factors", factors_text(calibration)),
+            ("calibration_n_traces", calibration.get("n_traces"))]
+
+
+def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n, calibration=()):
+    """X_report.txt: inputs, model settings, calibration, summary, timings."""
     return [
         ("input_hdf5", cfg.input_hdf5), ("input_testset", cfg.input_testset),
         ("input_model", cfg.input_model), ("input_model_sha256", loaded["sha256"]),
         ("output_name", cfg.output_name), ("batch_size", cfg.batch_size),
         ("estimate_uncertainty", cfg.estimate_uncertainty), ("number_of_sampling", cfg.n_samples),
-        ("seed", cfg.seed), ("mixed_precision", cfg.mixed_precision),
+        ("seed", cfg.seed), *calibration, ("mixed_precision", cfg.mixed_precision),
         ("foundation_weights", weights or "none (backbone weights from input_model)"),
         *settings.items(), ("keras_backend", keras.backend.backend()),
         *summary.items(), ("time_taken_s", round(elapsed, 1)),
