@@ -186,3 +186,51 @@ def plot_history(history, path):
     finally:
         plt.close(fig)
     return path
+
+
+def location_map(locations, combined, path):
+    """Map of a locator run: stations, single-station estimates, combined origins.
+
+    Parameters
+    ----------
+    locations : pandas.DataFrame
+        One row per located pick: ``station_lat, station_lon,
+        pred_event_lat, pred_event_lon`` and, when sampled,
+        ``pred_event_lat_std, pred_event_lon_std`` (degrees), drawn as
+        1-sigma ellipses (axes along north and east).
+    combined : pandas.DataFrame
+        ``latitude, longitude`` of the origins combining 2+ stations (may be empty).
+    path : str or os.PathLike
+        PNG file to write (atomically).
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Ellipse
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    segs = np.stack([locations[['station_lon', 'station_lat']].to_numpy(float),
+                     locations[['pred_event_lon', 'pred_event_lat']].to_numpy(float)], axis=1)
+    ax.add_collection(LineCollection(segs, colors='0.6', linewidths=0.5, zorder=1))
+    if 'pred_event_lat_std' in locations:
+        for lon, lat, s_lon, s_lat in locations[['pred_event_lon', 'pred_event_lat',
+                                                 'pred_event_lon_std',
+                                                 'pred_event_lat_std']].to_numpy(float):
+            ax.add_patch(Ellipse((lon, lat), 2 * s_lon, 2 * s_lat, fill=False, ec='tab:red',
+                                 lw=0.6, alpha=0.7, zorder=2))
+    ax.scatter(locations['pred_event_lon'], locations['pred_event_lat'], s=10, c='tab:red',
+               label='single-station estimate' + (' (1-sigma)' if 'pred_event_lat_std' in
+                                                  locations else ''), zorder=3)
+    if len(combined):
+        ax.scatter(combined['longitude'], combined['latitude'], marker='*', s=160, c='gold',
+                   edgecolors='k', label='combined origin', zorder=5)
+    st = locations[['station_lon', 'station_lat']].drop_duplicates()
+    ax.scatter(st['station_lon'], st['station_lat'], marker='^', s=50, c='k', label='station',
+               zorder=4)
+    # Equal ground distance per degree on both axes at the mean latitude.
+    ax.set_aspect(1.0 / np.cos(np.deg2rad(locations['station_lat'].mean())))
+    ax.autoscale_view()
+    ax.ticklabel_format(useOffset=False)   # plain degrees, not "-1.171e2 + 0.05"
+    ax.set_xlabel('longitude (deg)')
+    ax.set_ylabel('latitude (deg)')
+    ax.legend(loc='best', fontsize=8)
+    return _save(fig, path)

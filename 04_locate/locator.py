@@ -1,0 +1,169 @@
+"""Stage 04: locate events from your own waveform files (locator).
+
+Example::
+
+    python 04_locate/locator.py --input_waveforms event_files/waveforms \\
+        --input_inventory event_files/stations.xml --input_picks event_files/picks.csv \\
+        --input_model california_outputs/models/california_031.weights.h5 \\
+        --output_name my_events --estimate_uncertainty --number_of_sampling 20
+
+Each P pick becomes one 60 s, 100 Hz E/N/Z window of its station (channel
+choice, merge, resampling and rotation with ObsPy), band-passed and
+normalised as the training data were, and one single-station location.
+Writes ``<output_name>_outputs/``: ``locations.csv`` (one row per located
+pick), ``skipped.csv`` (picks that could not be used, with the reason),
+``events.xml`` (QuakeML: one Event per event_id, one Origin per station, a
+combined preferred Origin for 2+ stations), ``figures/map.png`` and
+``report.txt``. An existing output folder is never touched.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utrans_loc import cli  # noqa: E402  (no backend import: it sets the environment first)
+
+if __name__ == "__main__":
+    cli.prepare_environment()
+
+from utrans_loc import locate, waveforms  # noqa: E402
+
+
+def locator(input_waveforms=None,
+            input_inventory=None,
+            input_picks=None,
+            input_model=None,
+            output_name="locator",
+            p_position_s=None,
+            bandpass=None,
+            channel_priority=waveforms.DEFAULT_CHANNEL_PRIORITY,
+            max_gap_s=waveforms.MAX_GAP_S,
+            estimate_uncertainty=False,
+            number_of_sampling=20,
+            calibration=None,
+            seed=None,
+            batch_size=40,
+            figures=True,
+            verbose=1):
+    """Locate P picks on waveform files and write ``<output_name>_outputs/``.
+
+    Parameters
+    ----------
+    input_waveforms : str
+        A folder (its files) or a glob (``'data/**/*.mseed'``) of waveform
+        files ObsPy reads: miniSEED, SAC, ... Files it cannot read are
+        skipped with a warning.
+    input_inventory : str
+        StationXML (coordinates; channel azimuth and dip for the rotation),
+        or a CSV ``network,station,latitude,longitude`` (optional
+        ``elevation``; no orientations, so channels must be E/N/Z).
+    input_picks : str
+        CSV ``network,station,p_time`` (ISO 8601 UTC), optional ``event_id``
+        (picks sharing one are combined into one event), ``location`` and
+        ``p_position_s`` (this pick's P position in the window); or an event
+        file ObsPy reads (QuakeML: its P picks, grouped by event).
+    input_model : str
+        Location weights: trainer1's ``.weights.h5`` (head size and depth
+        range from the ``model_config.json`` beside it) or an upstream Keras 2 ``.h5``.
+    output_name : str
+        Results go to ``<output_name>_outputs/`` (must not exist).
+    p_position_s : float or None
+        Seconds from the window start to the P pick; None: the checkpoint's
+        model_config.json ``p_position_s``, else 7 s. A ``p_position_s``
+        column in the picks overrides it per pick.
+    bandpass : bool or None
+        Band-pass 1-45 Hz and taper the window as the DataCollected builder
+        did. None: on, because the model's training waveforms were
+        band-passed, in the DataCollected file or on reading
+        (``trainer1 --bandpass``; model_config.json's ``bandpass`` only says
+        which). False only for a model trained on unfiltered waveforms.
+    channel_priority : sequence of str
+        Band+instrument codes tried in order (the first with three
+        components that covers the window is used); other codes are not used.
+    max_gap_s : float
+        Gaps inside the window up to this long are interpolated; longer ones
+        skip the pick.
+    estimate_uncertainty : bool
+        Monte-Carlo dropout (as tester1): the prediction is the mean of
+        ``number_of_sampling`` passes, the CSV gets the std columns and the
+        QuakeML origins their uncertainties; events with 2+ stations are
+        combined by inverse-variance weighting (else the plain mean).
+    number_of_sampling : int
+        Passes per pick with ``estimate_uncertainty``.
+    calibration : str or None
+        A ``calibration.json`` fitted by tester1 on this very model file:
+        scales the std (the raw spread kept as ``*_std_raw``). Needs
+        ``estimate_uncertainty``.
+    seed : int or None
+        Seed of the Monte-Carlo sampling.
+    batch_size : int
+        Windows per prediction batch.
+    figures : bool
+        Write ``figures/map.png``.
+    verbose : int
+        0: quiet; 1: progress bar and summary.
+
+    Returns
+    -------
+    dict
+        ``output_dir``, ``locations`` and ``skipped`` (DataFrames),
+        ``catalog`` (obspy Catalog), ``pred`` (model outputs), ``x`` (model
+        inputs), ``settings``, ``timings``, ``time_s``.
+    """
+    if isinstance(channel_priority, str):
+        channel_priority = [c.strip() for c in channel_priority.split(",") if c.strip()]
+    cfg = dict(locals())
+    cfg["channel_priority"] = tuple(channel_priority)
+    return locate.run(locate.LocateConfig(**cfg))
+
+
+def build_parser():
+    """The command line; every default is locator's own."""
+    import argparse
+
+    d = cli.defaults_of(locator)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.Formatter)
+    p.add_argument("--input_waveforms", required=True,
+                   help="folder or glob of waveform files ObsPy reads (miniSEED, SAC, ...)")
+    p.add_argument("--input_inventory", required=True,
+                   help="StationXML, or CSV network,station,latitude,longitude (channels E/N/Z)")
+    p.add_argument("--input_picks", required=True,
+                   help="CSV network,station,p_time[,event_id,location,p_position_s] or QuakeML")
+    p.add_argument("--input_model", required=True,
+                   help="location weights: trainer1 .weights.h5 or upstream Keras 2 .h5")
+    cli.add_output_name(p, d)
+    p.add_argument("--p_position_s", type=float, default=d["p_position_s"],
+                   help="seconds from window start to the P pick; default: model_config.json, "
+                        f"else {locate.DEFAULT_P_POSITION_S:g}")
+    p.add_argument("--bandpass", action=argparse.BooleanOptionalAction, default=d["bandpass"],
+                   help="band-pass 1-45 Hz and taper each window as the training data were; "
+                        "default: on (the training waveforms were band-passed)")
+    p.add_argument("--channel_priority", default=",".join(d["channel_priority"]),
+                   help="band+instrument codes tried in order, comma-separated")
+    p.add_argument("--max_gap_s", type=float, default=d["max_gap_s"],
+                   help="longest gap inside a window that is interpolated (s)")
+    p.add_argument("--estimate_uncertainty", action="store_true",
+                   help="Monte-Carlo dropout: sample the model and report the std")
+    p.add_argument("--number_of_sampling", type=int, default=d["number_of_sampling"],
+                   help="samples per pick with --estimate_uncertainty")
+    p.add_argument("--calibration", default=d["calibration"],
+                   help="calibration.json of tester1 for this model (scales the std)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the Monte-Carlo sampling")
+    p.add_argument("--batch_size", type=int, default=d["batch_size"],
+                   help="windows per prediction batch")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=d["figures"],
+                   help="write figures/map.png")
+    p.add_argument("--verbose", type=int, default=d["verbose"], choices=[0, 1],
+                   help="progress bar and summary")
+    cli.add_debug(p)
+    return p
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
+    return cli.run_main(locator, args, "locator")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""locator: waveform files + StationXML + picks -> locations, QuakeML, map.
+
+Acceptance on the 50 real STEAD traces written as miniSEED: the locator gives
+tester1's predictions; the horizontals rotated to 1/2 (azimuth 30/120) and
+the data resampled to 40 and 200 Hz give the same locations within measured
+bounds. Bad inputs are skipped with a reason; nothing located is exit 2.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PARITY, ROOT, STEAD_SAMPLE, need, working_dir
+from obspy import Stream, Trace, UTCDateTime, read, read_events, read_inventory
+from obspy.core.event import Catalog, Event, Pick, WaveformStreamID
+from obspy.core.inventory import Channel, Station
+from scipy.signal import resample_poly
+
+sys.path.insert(0, str(ROOT / "04_locate"))
+
+import EqT_utils_Loc_California as U  # noqa: E402
+import locator as lc  # noqa: E402
+from utrans_loc import checkpoints, cli, locate, waveforms  # noqa: E402
+
+CKPT = PARITY / "location_ckpt_keras2.h5"
+PRED = ["pred_event_lat", "pred_event_lon", "pred_depth_km"]
+# Station codes of the variants of 109C (same coordinates, same traces).
+ROTATED, LOW, HIGH = "R09C", "L09C", "H09C"
+# Measured on the 50 traces (max abs difference of the raw model outputs from
+# the 100 Hz E/N/Z files): rotation 0 (bitwise), 40 Hz 5.5e-7, 200 Hz 4.2e-7;
+# RMS difference of the normalised inputs 5.1e-4 (40 Hz), 3.4e-4 (200 Hz).
+# The bounds keep about 10x (outputs) and 4x (inputs) margin.
+ROTATION_TOL = 1e-7
+RESAMPLED_OUTPUT_TOL = 5e-6
+RESAMPLED_INPUT_RMS_TOL = 2e-3
+
+
+def _stead_ids():
+    return pd.read_csv(need(STEAD_SAMPLE.parent / "metadata.csv"))["trace_name"].to_numpy(str)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The 50 STEAD traces as miniSEED + StationXML + picks, and three variants of
+    station 109C: horizontals rotated to 1/2 (azimuth 30/120), 40 Hz and 200 Hz."""
+    tmp = tmp_path_factory.mktemp("locate_files")
+    paths = waveforms.export_stead(need(STEAD_SAMPLE), str(tmp / "stead"))
+    variants = tmp / "variants"
+    variants.mkdir()
+    for name in sorted(os.listdir(paths["waveforms"])):
+        st = read(os.path.join(paths["waveforms"], name))
+        e, n, z = (st.select(component=c)[0] for c in "ENZ")
+        out = Stream()
+        for azimuth, comp in ((30.0, "1"), (120.0, "2")):
+            a = np.radians(azimuth)
+            out += _copy(e, ROTATED, "BH" + comp, n.data * np.cos(a) + e.data * np.sin(a))
+        out += _copy(z, ROTATED, "BHZ", z.data)
+        # An independent resampler (scipy's polyphase filter), not the locator's.
+        for code, up, down in ((LOW, 2, 5), (HIGH, 2, 1)):
+            for tr in (e, n, z):
+                out += _copy(tr, code, tr.stats.channel,
+                             resample_poly(tr.data.astype(np.float64), up, down, padtype="line"),
+                             rate=100.0 * up / down)
+        out.write(str(variants / name), format="MSEED")
+    inventory = read_inventory(paths["inventory"])
+    base = inventory[0][0]
+    orientation = {"1": (30.0, 0.0), "2": (120.0, 0.0), "E": (90.0, 0.0), "N": (0.0, 0.0),
+                   "Z": (0.0, -90.0)}
+    for code, comps, rate in ((ROTATED, "12Z", 100.0), (LOW, "ENZ", 40.0), (HIGH, "ENZ", 200.0),
+                              ("NOWF", "ENZ", 100.0)):
+        inventory[0].stations.append(Station(
+            code=code, latitude=base.latitude, longitude=base.longitude, elevation=base.elevation,
+            channels=[Channel(code="BH" + c, location_code="", latitude=base.latitude,
+                              longitude=base.longitude, elevation=base.elevation, depth=0.0,
+                              azimuth=orientation[c][0], dip=orientation[c][1], sample_rate=rate)
+                      for c in comps]))
+    inventory.write(str(tmp / "stations.xml"), format="STATIONXML")
+    picks = pd.read_csv(paths["picks"], dtype=str)
+    every = pd.concat([picks.assign(station=code) for code in ("109C", ROTATED, LOW, HIGH)])
+    every.to_csv(tmp / "picks.csv", index=False)
+    return {**paths, "dir": tmp, "all_waveforms": str(tmp / "**" / "*.mseed"),
+            "all_inventory": str(tmp / "stations.xml"), "all_picks": str(tmp / "picks.csv"),
+            "picks_table": picks}
+
+
+def _copy(tr, station, channel, data, rate=None):
+    out = tr.copy()
+    out.stats.pop("mseed", None)       # the encoding read back (FLOAT32) would not fit float64
+    out.stats.station, out.stats.channel = station, channel
+    out.data = np.asarray(data, dtype=np.float64)
+    if rate is not None:
+        out.stats.sampling_rate = rate
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    ckpt = need(CKPT)
+    return checkpoints.build_from_checkpoint(ckpt, checkpoints.model_settings(ckpt))[0]
+
+
+@pytest.fixture(scope="module")
+def located(files, model, tmp_path_factory):
+    """One in-process locator run over the 200 picks (the model built once)."""
+    cfg = _config(files["all_waveforms"], files["all_inventory"], files["all_picks"], "all")
+    with working_dir(tmp_path_factory.mktemp("locate_run")):
+        res = locate.run(cfg, model=model)
+    table = res["locations"]
+    res["rows"] = {code: np.flatnonzero((table["station"] == code).to_numpy())
+                   for code in ("109C", ROTATED, LOW, HIGH)}
+    return res
+
+
+def _config(wave, inventory, picks, name, **changes):
+    args = cli.defaults_of(lc.locator)
+    args.update(input_waveforms=wave, input_inventory=inventory, input_picks=picks,
+                input_model=need(CKPT), output_name=name, batch_size=50, verbose=0,
+                bandpass=True, **changes)
+    return locate.LocateConfig(**args)
+
+
+def test_export_stead_writes_correct_stats(files):
+    meta = pd.read_csv(need(STEAD_SAMPLE.parent / "metadata.csv")).set_index("trace_name")
+    name = meta.index[3]
+    st = read(os.path.join(files["waveforms"], f"{name}.mseed"))
+    assert sorted(tr.stats.channel for tr in st) == ["BHE", "BHN", "BHZ"]
+    start = UTCDateTime(meta.loc[name, "trace_start_time"])
+    import h5py
+    with h5py.File(STEAD_SAMPLE, "r") as fh:
+        raw = fh[f"earthquake/local/{name}"][()]
+    for i, comp in enumerate("ENZ"):
+        tr = st.select(component=comp)[0]
+        assert (tr.stats.network, tr.stats.station, tr.stats.location) == ("TA", "109C", "")
+        assert tr.stats.starttime == start and tr.stats.sampling_rate == 100.0
+        np.testing.assert_array_equal(tr.data, raw[:, i])
+    inv = read_inventory(files["inventory"])
+    assert [(c.code, c.azimuth, c.dip) for c in inv[0][0].channels] == [
+        ("BHE", 90.0, 0.0), ("BHN", 0.0, 0.0), ("BHZ", 0.0, -90.0)]
+    picks = files["picks_table"].set_index(_stead_ids())
+    p_time = start + meta.loc[name, "p_arrival_sample"] / 100
+    assert UTCDateTime(picks.loc[name, "p_time"]) == p_time
+    assert picks.loc[name, "event_id"] == str(meta.loc[name, "source_id"])
+
+
+def test_locator_matches_tester1_on_real_traces(located, model):
+    """tester1's reading of the raw STEAD file (band-pass on, all 50 ids in one batch) and
+    its prediction (prediction.run's generator, predict_samples and results_table), on
+    the same model object: the locator's inputs and outputs from the miniSEED files."""
+    from utrans_loc import prediction, splits
+
+    ids = _stead_ids()
+    gen = U.DataGeneratorPrediction(ids, need(STEAD_SAMPLE), dim=(6000, 3), batch_size=50,
+                                    bandpass=True)
+    rows = located["rows"]["109C"]
+    np.testing.assert_array_equal(located["x"][rows], gen[0][0])   # sample for sample
+    y_ref = prediction.predict_samples(model, gen, progress=False)
+    ref = prediction.results_table(splits.read_metadata(STEAD_SAMPLE, ids), y_ref,
+                                   U.MAX_D, U.MIN_D)
+    ours = located["locations"].iloc[rows].reset_index(drop=True)
+    assert (ours["rotation_applied"] == "n").all() and (ours["resampled"] == "n").all()
+    assert np.abs(ours[PRED].to_numpy() - ref[PRED].to_numpy()).max() < 1e-5   # measured 0
+    assert np.abs(located["pred"][rows] - y_ref).max() < 1e-5                  # measured 0
+
+
+def test_rotated_horizontals_give_the_same_locations(located):
+    table, rows = located["locations"], located["rows"]
+    assert (table.iloc[rows[ROTATED]]["rotation_applied"] == "y").all()
+    assert (table.iloc[rows[ROTATED]]["channels"] == "BH1,BH2,BHZ").all()
+    diff = np.abs(located["pred"][rows[ROTATED]] - located["pred"][rows["109C"]]).max()
+    assert diff <= ROTATION_TOL
+
+
+@pytest.mark.parametrize("code, rate", [(LOW, "40"), (HIGH, "200")])
+def test_resampled_data_give_close_locations(located, code, rate):
+    table, rows, x = located["locations"], located["rows"], located["x"]
+    assert (table.iloc[rows[code]]["sample_rate_in_hz"].astype(str) == rate).all()
+    assert (table.iloc[rows[code]]["resampled"] == "y").all()
+    rms = np.sqrt(np.mean((x[rows[code]] - x[rows["109C"]]) ** 2))
+    assert rms < RESAMPLED_INPUT_RMS_TOL
+    diff = np.abs(located["pred"][rows[code]] - located["pred"][rows["109C"]]).max()
+    assert diff < RESAMPLED_OUTPUT_TOL
+
+
+def test_outputs_and_combined_origins_without_sampling(located):
+    out = located["output_dir"]
+    table = pd.read_csv(os.path.join(out, "locations.csv"), dtype={"event_id": str})
+    assert list(table.columns[:10]) == ["network", "station", "location", "p_time", "event_id",
+                                        "station_lat", "station_lon", *PRED]
+    assert {"channels", "sample_rate_in_hz", "rotation_applied", "origin_time_approx"} <= \
+        set(table.columns)
+    assert len(table) == 200 and not any(c.endswith("_std") for c in table.columns)
+    assert len(pd.read_csv(os.path.join(out, "skipped.csv"))) == 0
+    catalog = read_events(os.path.join(out, "events.xml"))
+    assert len(catalog) == 50
+    event = catalog[0]
+    rows = table[table["event_id"] == str(event.comments[0].text.split(": ")[1])]
+    assert len(event.origins) == 5 and len(event.picks) == 4     # 4 stations + combined
+    best = event.preferred_origin()
+    assert best.resource_id == event.origins[-1].resource_id
+    assert best.latitude == pytest.approx(rows["pred_event_lat"].mean(), abs=1e-9)
+    assert best.depth == pytest.approx(rows["pred_depth_km"].mean() * 1000, abs=1e-6)
+    assert best.depth_errors.uncertainty == pytest.approx(
+        rows["pred_depth_km"].std(ddof=1) / 2 * 1000, rel=1e-6)
+    assert "mean of 4" in best.comments[0].text
+    assert "approximate" in best.comments[1].text
+    assert "approximate" in event.origins[0].comments[1].text
+    # Origin time: P minus hypocentral distance at 6 km/s.
+    first = table.iloc[0]
+    assert UTCDateTime(first["p_time"]) - UTCDateTime(first["origin_time_approx"]) == \
+        pytest.approx(first["hypocentral_distance_km"] / 6.0, abs=1e-5)
+    assert os.path.getsize(os.path.join(out, "figures", "map.png")) > 1000
+
+
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
+    picks = files["picks_table"].iloc[:3]
+    bad = pd.DataFrame([
+        {**picks.iloc[0], "station": "XXXX", "event_id": "b1"},           # not in the inventory
+        {**picks.iloc[0], "station": "NOWF", "event_id": "b2"},           # no waveforms
+        {**picks.iloc[1], "p_time": str(UTCDateTime(picks.iloc[1]["p_time"]) + 86400),
+         "event_id": "b3"}])                                             # window outside the data
+    pd.concat([picks, picks.assign(station=ROTATED), bad]).to_csv(tmp_path / "picks.csv",
+                                                                  index=False)
+    factors = {"lat": 2.0, "lon": 3.0, "depth": 0.5}
+    (tmp_path / "cal.json").write_text(json.dumps({
+        "format": 1, "factors": factors, "model_file": str(CKPT), "model_sha256": _sha256(CKPT)}))
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "04_locate" / "locator.py"),
+         "--input_waveforms", files["all_waveforms"], "--input_inventory", files["all_inventory"],
+         "--input_picks", "picks.csv", "--input_model", need(CKPT), "--output_name", "cli",
+         "--estimate_uncertainty", "--number_of_sampling", "3", "--seed", "1",
+         "--calibration", "cal.json", "--verbose", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "cli_outputs"
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert list(skipped["event_id"]) == ["b1", "b2", "b3"]
+    for reason, text in zip(skipped["reason"], ("not in the inventory", "no waveforms",
+                                                "outside the data")):
+        assert text in reason and "at 20" in reason      # names the station and the time
+    assert run.stderr.count("locator: skipped") == 3
+    table = pd.read_csv(out / "locations.csv", dtype={"event_id": str})
+    assert len(table) == 6
+    np.testing.assert_allclose(table["pred_event_lat_std"], 2.0 * table["pred_event_lat_std_raw"])
+    np.testing.assert_allclose(table["pred_depth_km_std"], 0.5 * table["pred_depth_km_std_raw"])
+    assert (table["pred_event_lat_std_raw"] > 0).all()
+    catalog = read_events(str(out / "events.xml"))
+    assert len(catalog) == 3
+    for event in catalog:
+        rows = table[table["event_id"] == event.comments[0].text.split(": ")[1]]
+        assert len(rows) == 2
+        for origin, row in zip(event.origins, rows.itertuples()):
+            assert origin.latitude_errors.uncertainty == pytest.approx(row.pred_event_lat_std)
+            assert origin.depth_errors.uncertainty == pytest.approx(row.pred_depth_km_std * 1000)
+        best = event.preferred_origin()
+        assert "inverse-variance" in best.comments[0].text
+        w = 1 / rows["pred_event_lat_std"] ** 2
+        assert best.latitude == pytest.approx((w * rows["pred_event_lat"]).sum() / w.sum(),
+                                              abs=1e-9)
+        assert best.latitude_errors.uncertainty == pytest.approx(np.sqrt(1 / w.sum()))
+        w = 1 / rows["pred_depth_km_std"] ** 2
+        assert best.depth_errors.uncertainty == pytest.approx(np.sqrt(1 / w.sum()) * 1000)
+    assert (out / "figures" / "map.png").is_file()
+    assert "input_model_sha256: " + _sha256(CKPT) in (out / "report.txt").read_text()
+
+
+# --------------------------------------------------------------------------
+# Bad input (no model needed)
+# --------------------------------------------------------------------------
+T0 = UTCDateTime("2020-01-01T00:00:00Z")
+
+
+def _stations(tmp_path, channels="ENZ", csv=False):
+    if csv:
+        path = tmp_path / "stations.csv"
+        path.write_text("network,station,latitude,longitude\nXX,STA,34.0,-118.0\n")
+        return waveforms.read_stations(path)
+    from obspy.core.inventory import Inventory, Network
+    orient = {"E": (90.0, 0.0), "N": (0.0, 0.0), "Z": (0.0, -90.0), "1": (30.0, 0.0),
+              "2": (120.0, 0.0)}
+    inv = Inventory(networks=[Network(code="XX", stations=[Station(
+        code="STA", latitude=34.0, longitude=-118.0, elevation=0.0,
+        channels=[Channel(code=band + c, location_code="", latitude=34.0, longitude=-118.0,
+                          elevation=0.0, depth=0.0, azimuth=orient[c][0], dip=orient[c][1])
+                  for band in ("HH", "BH") for c in channels])])], source="test")
+    inv.write(str(tmp_path / "stations.xml"), format="STATIONXML")
+    return waveforms.read_stations(tmp_path / "stations.xml")
+
+
+def _traces(band="HH", comps="ENZ", rate=100.0, start=T0, seconds=120.0, seed=0):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    return [Trace(rng.standard_normal(n).astype(np.float32), header={
+        "network": "XX", "station": "STA", "channel": band + c, "sampling_rate": rate,
+        "starttime": start}) for c in comps]
+
+
+def _cut(traces, stations, p_time=T0 + 30, **kw):
+    return waveforms.cut_window(traces, "XX", "STA", p_time, 7.0, stations, **kw)
+
+
+def test_window_is_the_raw_samples_and_band_priority(tmp_path):
+    stations = _stations(tmp_path)
+    hh, bh = _traces("HH"), _traces("BH", seed=1)
+    window = _cut(hh + bh, stations)
+    assert window.channels == ("HHE", "HHN", "HHZ") and not window.resampled
+    assert window.data.dtype == np.float32
+    np.testing.assert_array_equal(window.data[:, 2], hh[2].data[2300:8300])
+    # HH without a third component: BH is used.
+    window = _cut(hh[:2] + bh, stations)
+    assert window.channels == ("BHE", "BHN", "BHZ")
+    window = _cut(hh + bh, stations, channel_priority=("BH", "HH"))
+    assert window.channels[0] == "BHE"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no waveforms", "no waveforms for this station"),
+    ("two components", "2 component(s)"),
+    ("long gap", "gap of 2.00 s"),
+    ("outside", "outside the data"),
+    ("5 Hz", "cannot be resampled"),
+    ("LH only", "no HH/BH/EH/HN channels"),
+    ("not in inventory", "not in the inventory"),
+    ("NaN", "NaN, Inf or masked samples"),
+])
+def test_bad_picks_raise_one_line_naming_station_and_time(tmp_path, case, message):
+    stations = _stations(tmp_path)
+    traces = _traces()
+    p_time = T0 + 30
+    if case == "no waveforms":
+        traces = []
+    elif case == "two components":
+        traces = traces[:2]
+    elif case == "long gap":
+        traces = traces[:2] + [traces[2].slice(T0, T0 + 40), traces[2].slice(T0 + 42.01, None)]
+    elif case == "outside":
+        p_time = T0 + 110
+    elif case == "5 Hz":
+        traces = _traces(rate=5.0)
+    elif case == "LH only":
+        traces = _traces("LH", rate=1.0)
+    elif case == "NaN":
+        traces[1].data[4000] = np.nan
+    with pytest.raises(waveforms.PickError) as err:
+        if case == "not in inventory":
+            stations.coordinates("XX", "NOPE", p_time)
+        _cut(traces, stations, p_time=p_time)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert str(p_time) in text and ("XX.STA" in text or "XX.NOPE" in text)
+
+
+def test_short_gap_is_interpolated(tmp_path):
+    stations = _stations(tmp_path)
+    traces = _traces()
+    z = traces[2]
+    traces = traces[:2] + [z.slice(T0, T0 + 40), z.slice(T0 + 40.5, None)]
+    window = _cut(traces, stations)
+    assert np.isfinite(window.data).all()
+    gap = slice(int((40.0 - 23.0) * 100) + 1, int((40.5 - 23.0) * 100))
+    inside = window.data[gap, 2]
+    assert np.all(np.diff(inside) == pytest.approx(np.diff(inside)[0], rel=1e-3))   # a line
+
+
+def test_rotation_needs_orientations(tmp_path):
+    traces = _traces(comps="12Z")
+    assert _cut(traces, _stations(tmp_path, channels="12Z")).rotated
+    with pytest.raises(waveforms.PickError, match="CSV inventory"):
+        _cut(traces, _stations(tmp_path, csv=True))
+    window = _cut(_traces(), _stations(tmp_path, csv=True))   # E/N/Z with a CSV: as they are
+    assert not window.rotated
+
+
+def test_quakeml_picks_read_like_csv(files, tmp_path):
+    table = files["picks_table"].iloc[:4]
+    events = [Event(picks=[Pick(time=UTCDateTime(row.p_time), phase_hint="P",
+                                waveform_id=WaveformStreamID(row.network, row.station))])
+              for row in table.itertuples()]
+    Catalog(events=events).write(str(tmp_path / "picks.xml"), format="QUAKEML")
+    picks = waveforms.read_picks(tmp_path / "picks.xml")
+    csv = waveforms.read_picks(files["picks"])
+    assert list(picks["station"]) == list(csv["station"][:4])
+    assert all(a == b for a, b in zip(picks["p_time"], csv["p_time"][:4]))
+    assert picks["event_id"].nunique() == 4
+
+
+def test_nothing_located_is_exit_2_and_existing_folder_is_refused(files, tmp_path, capsys):
+    bad = files["picks_table"].iloc[:2].assign(station="XXXX")
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    args = ["--input_waveforms", files["waveforms"], "--input_inventory", files["inventory"],
+            "--input_picks", str(tmp_path / "bad.csv"), "--input_model", need(CKPT),
+            "--output_name", "none", "--verbose", "0"]
+    with working_dir(tmp_path):
+        assert lc.main(args) == 2
+        err = capsys.readouterr().err
+        assert "nothing could be located: all 2 pick(s) skipped" in err
+        assert err.count("locator: skipped TA.XXXX at ") == 2
+        assert not (tmp_path / "none_outputs").exists()
+        (tmp_path / "kept_outputs").mkdir()
+        (tmp_path / "kept_outputs" / "mine.txt").write_text("earlier result")
+        args[args.index("none")] = "kept"
+        assert lc.main(args) == 2
+        assert "kept_outputs already exists" in capsys.readouterr().err
+        assert os.listdir(tmp_path / "kept_outputs") == ["mine.txt"]
+
+
+def test_help_lists_every_option_with_its_default():
+    text = lc.build_parser().format_help()
+    for option in ("--input_waveforms", "--p_position_s", "--bandpass", "--channel_priority",
+                   "--max_gap_s", "--calibration", "--number_of_sampling", "--seed"):
+        assert option in text
+    assert "(default: HH,BH,EH,HN)" in " ".join(text.split())

@@ -1,0 +1,451 @@
+"""locator's run: P picks on waveform files to located events (CSV and QuakeML).
+
+``04_locate/locator.py`` holds the signature, its documentation and the
+command line and hands one :class:`LocateConfig` to :func:`run`. Each pick
+becomes a model window (:mod:`utrans_loc.waveforms`), band-passed as the
+training data were (:func:`utrans_loc.traces.bandpass_taper`) and normalised
+as tester1 does (``U.normalize``), so a STEAD trace written to files gets
+tester1's prediction. Prediction, Monte-Carlo samples and the std columns
+are tester1's (:func:`utrans_loc.prediction.predict_samples`,
+:func:`~utrans_loc.prediction.results_table`); a saved calibration scales the
+std (:mod:`utrans_loc.uncertainty`). The picks of one event are combined into
+a preferred origin (:func:`combine_estimates`) and written as QuakeML with
+ObsPy (:func:`build_catalog`).
+
+A pick that cannot be used is listed in ``skipped.csv`` with the reason; the
+run fails (ValueError, exit status 2) only when no pick can be located.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+import urllib.parse
+
+import numpy as np
+import pandas as pd
+from obspy import UTCDateTime
+from obspy.core.event import (Arrival, Catalog, Comment, CreationInfo, Event, Origin,
+                              OriginQuality, OriginUncertainty, Pick, QuantityError,
+                              ResourceIdentifier, WaveformStreamID)
+
+import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints, files, metrics, uncertainty, waveforms
+from utrans_loc.prediction import predict_samples, read_saved_calibration, results_table
+from utrans_loc.traces import bandpass_taper, check_finite
+
+DEFAULT_P_POSITION_S = 7.0
+P_VELOCITY_KM_S = 6.0          # crustal P velocity for the approximate origin time
+LOCATIONS_NAME, SKIPPED_NAME, EVENTS_NAME = "locations.csv", "skipped.csv", "events.xml"
+MAP_NAME = "map.png"
+SKIPPED_COLUMNS = ("network", "station", "p_time", "event_id", "reason")
+RESOURCE_PREFIX = "smi:local/utrans_loc"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocateConfig:
+    """Every locator parameter (documented in ``locator``), in its order."""
+
+    input_waveforms: str
+    input_inventory: str
+    input_picks: str
+    input_model: str
+    output_name: str
+    p_position_s: float | None
+    bandpass: bool | None
+    channel_priority: tuple
+    max_gap_s: float
+    estimate_uncertainty: bool
+    number_of_sampling: int
+    calibration: str | None
+    seed: int | None
+    batch_size: int
+    figures: bool
+    verbose: int
+
+    @property
+    def n_samples(self):
+        return int(self.number_of_sampling) if self.estimate_uncertainty else 1
+
+
+def run(cfg, model=None):
+    """Locate every pick of ``cfg``; returns the locator's result dict.
+
+    ``model``: the location model of ``cfg.input_model``, already built (a
+    caller locating several pick sets with one model skips the rebuild).
+    """
+    start = time.time()
+    check_parameters(cfg)
+    output_dir = files.check_new_output_dir(files.output_dir_for(cfg.output_name))
+    for what, path in (("model weights", cfg.input_model), ("inventory", cfg.input_inventory),
+                       ("picks", cfg.input_picks)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} file not found: {path}")
+    settings = model_settings(cfg)
+    calibration = read_saved_calibration(cfg)     # checked against input_model's sha256
+    picks = waveforms.read_picks(cfg.input_picks)
+    stations = waveforms.read_stations(cfg.input_inventory)
+    traces = waveforms.read_waveforms(cfg.input_waveforms,
+                                      set(zip(picks["network"], picks["station"])))
+    timings = {"read_s": time.time() - start}
+    located, windows, skipped = prepare_windows(picks, traces, stations, settings, cfg)
+    timings["windows_s"] = time.time() - start - timings["read_s"]
+    if not windows:
+        first = skipped[0]["reason"] if skipped else "no picks"
+        raise ValueError(f"nothing could be located: all {len(picks)} pick(s) skipped; first: "
+                         f"{first}")
+    x = model_input(windows, settings)
+    loaded = None
+    if model is None:
+        build_start = time.time()
+        model, loaded = checkpoints.build_from_checkpoint(cfg.input_model, settings)
+        timings["build_s"] = time.time() - build_start
+    # A short last batch is padded to the batch size: a few picks need no batch of 40.
+    batches = Batches(x, min(int(cfg.batch_size), len(x)))
+    pred = predict_samples(model, batches, cfg.n_samples, seed=cfg.seed,
+                           progress=cfg.verbose > 0, timings=timings)
+    table = locations_table(located, pred, settings, calibration)
+    catalog, combined = build_catalog(table, cfg, settings)
+    os.makedirs(output_dir)
+    write_outputs(output_dir, table, skipped, catalog, combined, cfg)
+    elapsed = time.time() - start
+    files.write_report(os.path.join(output_dir, "report.txt"), "locator",
+                       report_items(cfg, settings, loaded, table, skipped, timings, elapsed))
+    if cfg.verbose:
+        print(f"locator: {len(table)} pick(s) located, {len(skipped)} skipped, "
+              f"{len(catalog)} event(s) -> {output_dir}")
+    return {"output_dir": output_dir, "locations": table, "skipped": pd.DataFrame(
+        skipped, columns=SKIPPED_COLUMNS), "catalog": catalog, "pred": pred, "x": x,
+        "settings": settings, "timings": timings, "time_s": elapsed}
+
+
+def check_parameters(cfg):
+    """Reject impossible settings before any file is read."""
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
+        raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
+    if cfg.calibration and not cfg.estimate_uncertainty:
+        raise ValueError("calibration scales the Monte-Carlo spread: it needs "
+                         "estimate_uncertainty")
+    if not cfg.max_gap_s >= 0:
+        raise ValueError(f"max_gap_s must be >= 0, got {cfg.max_gap_s}")
+    if not cfg.channel_priority or any(len(c) != 2 for c in cfg.channel_priority):
+        raise ValueError("channel_priority must list band+instrument codes of 2 letters "
+                         f"(e.g. HH,BH,EH,HN), got {','.join(cfg.channel_priority)}")
+
+
+def model_settings(cfg):
+    """The checkpoint's settings plus the locator's ``p_position_s`` and ``bandpass``.
+
+    ``p_position_s``: given, else model_config.json's ``p_position_s``, else
+    7 s. ``bandpass``: given, else on (see ``locator``: the training
+    waveforms were band-passed, in the DataCollected file or on reading).
+    """
+    settings = checkpoints.model_settings(cfg.input_model)
+    saved = checkpoints.read_model_config(cfg.input_model)
+    position = cfg.p_position_s if cfg.p_position_s is not None else \
+        float(saved.get("p_position_s", DEFAULT_P_POSITION_S))
+    length_s = settings["input_dimention"][0] / waveforms.SAMPLING_RATE
+    if not 0 <= position < length_s:
+        raise ValueError(f"p_position_s must be in [0, {length_s:g}) s, got {position}")
+    settings["p_position_s"] = position
+    settings["bandpass"] = True if cfg.bandpass is None else bool(cfg.bandpass)
+    return settings
+
+
+def prepare_windows(picks, traces, stations, settings, cfg):
+    """Windows of the picks that can be used; the others with their reason.
+
+    Returns
+    -------
+    (pandas.DataFrame, list of Window, list of dict)
+        The usable picks (with station coordinates and what was done to their
+        data), their windows in the same order, and one ``skipped`` row per
+        pick that cannot be used (also printed, one line each, to stderr).
+    """
+    npts = int(settings["input_dimention"][0])
+    length_s = npts / waveforms.SAMPLING_RATE
+    rows, windows, skipped = [], [], []
+    for pick in picks.itertuples(index=False):
+        position = settings["p_position_s"] if not np.isfinite(pick.p_position_s) \
+            else float(pick.p_position_s)
+        try:
+            if not 0 <= position < length_s:
+                raise waveforms.PickError(
+                    f"{waveforms.pick_label(pick.network, pick.station, pick.p_time)}: "
+                    f"p_position_s {position} outside [0, {length_s:g}) s")
+            lat, lon, elevation = stations.coordinates(pick.network, pick.station, pick.p_time)
+            window = waveforms.cut_window(
+                traces.get((pick.network, pick.station), []), pick.network, pick.station,
+                pick.p_time, position, stations, npts=npts,
+                channel_priority=tuple(cfg.channel_priority), max_gap_s=cfg.max_gap_s,
+                location=pick.location)
+        except waveforms.PickError as err:
+            skipped.append({"network": pick.network, "station": pick.station,
+                            "p_time": str(pick.p_time), "event_id": pick.event_id,
+                            "reason": str(err)})
+            print(f"locator: skipped {err}", file=sys.stderr)
+            continue
+        windows.append(window)
+        rates = sorted(set(window.sampling_rate_in))
+        rows.append({"network": pick.network, "station": pick.station,
+                     "location": window.location, "p_time": pick.p_time,
+                     "event_id": pick.event_id, "station_lat": lat, "station_lon": lon,
+                     "station_elevation_m": elevation, "channels": ",".join(window.channels),
+                     "sample_rate_in_hz": "/".join(f"{r:g}" for r in rates),
+                     "resampled": "y" if window.resampled else "n",
+                     "rotation_applied": "y" if window.rotated else "n",
+                     "window_start": window.start, "p_position_s": position})
+    return pd.DataFrame(rows), windows, skipped
+
+
+def model_input(windows, settings):
+    """The normalised model input (N, npts, 3) float32 of the windows.
+
+    Band-pass (when on) then normalisation, as tester1 reads a raw STEAD
+    trace with ``bandpass=True``: :func:`bandpass_taper` on the cut window,
+    then ``U.normalize`` with the model's mode.
+    """
+    data = [bandpass_taper(w.data) if settings["bandpass"] else np.asarray(w.data, np.float64)
+            for w in windows]
+    x = U.normalize(np.stack(data), settings["normalization_mode"])
+    check_finite(x, [f"{w.channels[0]} {w.start}" for w in windows], "the waveform files")
+    return x
+
+
+class Batches:
+    """An in-memory array served in batches as ``predict_samples`` reads a generator."""
+
+    def __init__(self, x, batch_size):
+        self.x, self.batch_size, self.dim = x, int(batch_size), tuple(x.shape[1:])
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        return (self.x[index * self.batch_size:(index + 1) * self.batch_size],)
+
+
+def locations_table(located, pred, settings, calibration=None):
+    """One row per located pick: station, prediction (std when sampled), how the data were used.
+
+    Built by tester1's :func:`~utrans_loc.prediction.results_table` (the
+    prediction and std columns are the same) without truth columns, plus the
+    approximate origin time (:func:`origin_time`).
+    """
+    meta = located.copy()
+    meta.insert(0, "trace_name", [f"{n}.{s}.{t}" for n, s, t in
+                                  zip(meta["network"], meta["station"], meta["p_time"])])
+    for col in ("event_lat", "event_lon", "depth_km"):
+        meta[col] = np.nan
+    table = results_table(meta, pred, settings["max_d"], settings["min_d"])
+    if calibration is not None:
+        table = uncertainty.apply_calibration(table, calibration)
+    table = table.drop(columns=["trace_name", "event_lat", "event_lon", "depth_km"])
+    distance, when = origin_time(table["p_time"], table["station_lat"], table["station_lon"],
+                                 table["pred_event_lat"], table["pred_event_lon"],
+                                 table["pred_depth_km"])
+    table["hypocentral_distance_km"] = distance
+    table["origin_time_approx"] = when
+    first = ["network", "station", "location", "p_time", "event_id", "station_lat",
+             "station_lon", "pred_event_lat", "pred_event_lon", "pred_depth_km"]
+    spread = [c for c in table.columns if c.startswith("pred_") and c not in first]
+    rest = [c for c in table.columns if c not in first + spread]
+    return table[first + spread + rest].reset_index(drop=True)
+
+
+def origin_time(p_time, station_lat, station_lon, event_lat, event_lon, depth_km,
+                velocity=P_VELOCITY_KM_S):
+    """Hypocentral distance (km) and approximate origin time: P time minus distance / velocity.
+
+    Distance: WGS84 geodesic epicentral distance and depth below sea level
+    (station elevation ignored: a few hundred metres against the model's
+    kilometres of error).
+    """
+    epicentral = metrics.geodesic_km(station_lat, station_lon, event_lat, event_lon)
+    distance = np.hypot(epicentral, np.asarray(depth_km, float))
+    return distance, [t - d / velocity for t, d in zip(p_time, distance)]
+
+
+COMBINED = (("latitude", "pred_event_lat"), ("longitude", "pred_event_lon"),
+            ("depth_km", "pred_depth_km"))
+
+
+def combine_estimates(rows, sampled):
+    """The preferred origin of one event from its single-station estimates.
+
+    With Monte-Carlo spreads: per coordinate the inverse-variance weighted
+    mean (weights 1 / std^2 of each station's samples, calibrated when a
+    calibration was applied) and its uncertainty sqrt(1 / sum of weights).
+    Without (or where a spread is 0): the plain mean and the standard error
+    of the mean between stations (std, ddof 1, / sqrt(n)).
+
+    Returns
+    -------
+    dict
+        ``latitude, longitude`` (deg), ``depth_km`` and their 1-sigma
+        uncertainties ``latitude_std, longitude_std`` (deg),
+        ``depth_km_std``; ``method`` says which combination (one line).
+    """
+    n = len(rows)
+    out, weighted = {}, sampled
+    for key, col in COMBINED:
+        value = rows[col].to_numpy(float)
+        std = rows[col + "_std"].to_numpy(float) if sampled else np.zeros(n)
+        if sampled and np.all(std > 0):
+            weight = 1.0 / std**2
+            out[key] = float(np.sum(weight * value) / np.sum(weight))
+            out[key + "_std"] = float(np.sqrt(1.0 / np.sum(weight)))
+        else:
+            weighted = False
+            out[key] = float(np.mean(value))
+            out[key + "_std"] = float(np.std(value, ddof=1) / math.sqrt(n))
+    out["method"] = (
+        f"inverse-variance weighted mean of {n} single-station estimates (weights 1/std^2 of the "
+        "Monte-Carlo dropout spread per coordinate; uncertainty sqrt(1/sum of weights))"
+        if weighted else
+        f"mean of {n} single-station estimates (uncertainty: standard error of the mean "
+        "between stations)")
+    return out
+
+
+def km_per_degree(lat, lon):
+    """Kilometres per degree of latitude and of longitude at (lat, lon), WGS84."""
+    return (float(metrics.geodesic_km(lat - 0.5, lon, lat + 0.5, lon)[()]),
+            float(metrics.geodesic_km(lat, lon - 0.5, lat, lon + 0.5)[()]))
+
+
+def build_catalog(table, cfg, settings):
+    """QuakeML of the located picks: one Event per event_id.
+
+    Each Event holds its P picks, one Origin per station estimate (with
+    lat/lon uncertainty in degrees and depth uncertainty in metres, QuakeML's
+    units, when sampled) and, for 2+ stations, a preferred Origin combining
+    them (:func:`combine_estimates`); with one station that station's Origin
+    is preferred. Origin times are approximate (P time minus hypocentral
+    distance / 6 km/s), as each Origin's comment says.
+
+    Returns
+    -------
+    (obspy.core.event.Catalog, pandas.DataFrame)
+        The catalog and the combined origins (``event_id, latitude,
+        longitude, depth_km, n_stations``).
+    """
+    sampled = cfg.estimate_uncertainty
+    info = CreationInfo(author="utrans_loc locator", creation_time=UTCDateTime())
+    model_name = os.path.basename(cfg.input_model)
+    method = ResourceIdentifier(f"{RESOURCE_PREFIX}/method/utrans_convmixer_single_station")
+    time_note = (f"origin time approximate: P time minus hypocentral distance / "
+                 f"{P_VELOCITY_KM_S:g} km/s")
+    events, combined = [], []
+    for event_id, rows in table.groupby("event_id", sort=False):
+        key = urllib.parse.quote(str(event_id), safe="")
+        event = Event(resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/event/{key}"),
+                      event_type="earthquake", creation_info=info.copy(),
+                      comments=[Comment(text=f"input event_id: {event_id}")])
+        for i, row in enumerate(rows.itertuples(index=False)):
+            seed = ".".join(code for code in (row.network, row.station, row.location) if code)
+            pick = Pick(resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/pick/{key}/{i}"),
+                        time=row.p_time, phase_hint="P", waveform_id=WaveformStreamID(
+                            network_code=row.network, station_code=row.station,
+                            location_code=row.location, channel_code=row.channels.split(",")[-1]))
+            event.picks.append(pick)
+            origin = Origin(
+                resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/{i}"),
+                time=row.origin_time_approx, latitude=row.pred_event_lat,
+                longitude=row.pred_event_lon, depth=row.pred_depth_km * 1000.0,
+                method_id=method, evaluation_mode="automatic", creation_info=info.copy(),
+                arrivals=[Arrival(pick_id=pick.resource_id, phase="P")],
+                comments=[Comment(text=f"single-station estimate from {seed} "
+                                       f"({row.channels}; input {row.sample_rate_in_hz} Hz, "
+                                       f"rotated: {row.rotation_applied}) by {model_name}"),
+                          Comment(text=time_note)])
+            if sampled:
+                set_errors(origin, row.pred_event_lat_std, row.pred_event_lon_std,
+                           row.pred_depth_km_std, row.pred_event_lat_std_km,
+                           row.pred_event_lon_std_km)
+            event.origins.append(origin)
+        if len(rows) > 1:
+            best = combine_estimates(rows, sampled)
+            _, times = origin_time(rows["p_time"], rows["station_lat"], rows["station_lon"],
+                                   best["latitude"], best["longitude"], best["depth_km"])
+            when = times[0] + float(np.mean([t - times[0] for t in times]))
+            origin = Origin(
+                resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/combined"),
+                time=when, latitude=best["latitude"], longitude=best["longitude"],
+                depth=best["depth_km"] * 1000.0, method_id=method, evaluation_mode="automatic",
+                creation_info=info.copy(),
+                quality=OriginQuality(used_station_count=len(rows), used_phase_count=len(rows),
+                                      associated_station_count=len(rows)),
+                comments=[Comment(text=f"preferred origin: {best['method']}"),
+                          Comment(text=time_note.replace("P time", "the mean over stations of "
+                                                                   "P time"))])
+            per_lat, per_lon = km_per_degree(best["latitude"], best["longitude"])
+            set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
+                       best["latitude_std"] * per_lat, best["longitude_std"] * per_lon)
+            event.origins.append(origin)
+            combined.append({"event_id": event_id, "latitude": best["latitude"],
+                             "longitude": best["longitude"], "depth_km": best["depth_km"],
+                             "n_stations": len(rows)})
+        event.preferred_origin_id = event.origins[-1].resource_id
+        events.append(event)
+    catalog = Catalog(events=events, creation_info=info,
+                      description=f"utrans_loc locator, model {model_name}")
+    return catalog, pd.DataFrame(combined, columns=["event_id", "latitude", "longitude",
+                                                    "depth_km", "n_stations"])
+
+
+def set_errors(origin, lat_std, lon_std, depth_std_km, lat_std_km, lon_std_km):
+    """1-sigma errors in QuakeML's units: degrees, metres; the horizontal ellipse in metres."""
+    origin.latitude_errors = QuantityError(uncertainty=float(lat_std))
+    origin.longitude_errors = QuantityError(uncertainty=float(lon_std))
+    origin.depth_errors = QuantityError(uncertainty=float(depth_std_km) * 1000.0)
+    north, east = float(lat_std_km) * 1000.0, float(lon_std_km) * 1000.0
+    origin.origin_uncertainty = OriginUncertainty(
+        min_horizontal_uncertainty=min(north, east), max_horizontal_uncertainty=max(north, east),
+        azimuth_max_horizontal_uncertainty=0.0 if north >= east else 90.0,
+        preferred_description="uncertainty ellipse",
+        # A 1-sigma ellipse of a 2-D Gaussian holds 1 - exp(-1/2) of it.
+        confidence_level=100.0 * (1.0 - math.exp(-0.5)))
+
+
+def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
+    """locations.csv, skipped.csv, events.xml and figures/map.png (each atomically)."""
+    out = table.copy()
+    for col in ("p_time", "window_start", "origin_time_approx"):
+        out[col] = [str(t) for t in out[col]]
+    files.atomic_write(os.path.join(output_dir, LOCATIONS_NAME),
+                       lambda fh: out.to_csv(fh, index=False, float_format="%.17g"))
+    files.atomic_write(os.path.join(output_dir, SKIPPED_NAME),
+                       lambda fh: pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).to_csv(
+                           fh, index=False))
+    files.atomic_save(os.path.join(output_dir, EVENTS_NAME),
+                      lambda tmp: catalog.write(tmp, format="QUAKEML"))
+    if cfg.figures:
+        from utrans_loc import figures
+
+        os.makedirs(os.path.join(output_dir, "figures"))
+        figures.location_map(table, combined, os.path.join(output_dir, "figures", MAP_NAME))
+
+
+def report_items(cfg, settings, loaded, table, skipped, timings, elapsed):
+    """report.txt: inputs, model settings, counts, timings."""
+    predict = timings.get("predict_s", 0.0)
+    return [
+        ("input_waveforms", cfg.input_waveforms), ("input_inventory", cfg.input_inventory),
+        ("input_picks", cfg.input_picks), ("input_model", cfg.input_model),
+        ("input_model_sha256", loaded["sha256"] if loaded else "(model given in-process)"),
+        ("output_name", cfg.output_name), ("channel_priority", ",".join(cfg.channel_priority)),
+        ("max_gap_s", cfg.max_gap_s), ("estimate_uncertainty", cfg.estimate_uncertainty),
+        ("number_of_sampling", cfg.n_samples), ("calibration", cfg.calibration),
+        ("seed", cfg.seed), ("batch_size", cfg.batch_size), *settings.items(),
+        ("n_located", len(table)), ("n_skipped", len(skipped)),
+        ("n_resampled", int((table["resampled"] == "y").sum())),
+        ("n_rotated", int((table["rotation_applied"] == "y").sum())),
+        ("time_taken_s", round(elapsed, 1)),
+        *((f"time_{k}", round(v, 2)) for k, v in timings.items()),
+        ("picks_per_s_predict", round(len(table) / max(predict, 1e-9), 1))]
