@@ -58,7 +58,10 @@ def tester1(input_hdf5=None,
             mixed_precision="off",
             verbose=1,
             calibration_set=None,
-            calibration=None):
+            calibration=None,
+            input_trainset=None,
+            input_validset=None,
+            allow_overlap=False):
     """Predict the test split and write ``<output_name>_outputs/``.
 
     Parameters
@@ -128,6 +131,16 @@ def tester1(input_hdf5=None,
         when fitted on another model file. Needs ``estimate_uncertainty``;
         not together with ``calibration_set``.
 
+    input_trainset, input_validset : str or None
+        The training and validation splits (ids in ``input_hdf5``) to check
+        the test split against; None: the ones trainer1 recorded in the
+        checkpoint's model_config.json, when their files exist. Shared trace
+        ids and shared earthquakes (same ``source_id``, else the same
+        epicentre, depth and origin time) are a warning, and are written to
+        X_report.txt (``split_overlap``); the reader then marks its tables.
+    allow_overlap : bool
+        No warning for such an overlap (it is still reported).
+
     Returns
     -------
     dict
@@ -171,6 +184,13 @@ def build_parser():
                         "sample it first, fit one std factor per quantity, write "
                         "calibration.json and apply it (raw spread kept in *_std_raw); "
                         "needs --estimate_uncertainty")
+    p.add_argument("--input_trainset", default=d["input_trainset"],
+                   help="training split to check the test split against (default: the one "
+                        "recorded with the model, if found)")
+    p.add_argument("--input_validset", default=d["input_validset"],
+                   help="validation split to check the test split against (default: as recorded)")
+    p.add_argument("--allow_overlap", action="store_true",
+                   help="no warning when the test split shares traces or earthquakes with them")
     p.add_argument("--calibration", default=d["calibration"],
                    help="apply a saved calibration.json (fitted on this --input_model) instead "
                         "of fitting one; needs --estimate_uncertainty")

@@ -41,7 +41,9 @@ def reader(input, output_dir=None, figures=True):
         calibrated, when the tester calibrated them) and ``breakdown`` (DataFrames,
         None when nothing is scorable), ``uncertainty`` (predicted-std summary
         over all traces, labeled or not; None without std columns), ``paths``
-        (files written) and ``message`` (why nothing was scored, else None).
+        (files written), ``message`` (why nothing was scored, else None) and
+        ``overlap`` (the tester's split-overlap finding when the test split
+        shares traces or earthquakes with training, else None).
 
     Raises
     ------
@@ -57,12 +59,14 @@ def reader(input, output_dir=None, figures=True):
     errors = lm.location_errors(df)
     out = {'n_total': len(df), 'n_scored': len(errors), 'metrics': None,
            'baseline': None, 'coverage': None, 'breakdown': None,
-           'uncertainty': lm.uncertainty_summary(df), 'paths': [], 'message': None}
+           'uncertainty': lm.uncertainty_summary(df), 'paths': [], 'message': None,
+           'overlap': None}
     if len(errors) == 0:
         out['message'] = ('no scorable rows: no trace has event_lat/event_lon/depth_km '
                           'truth (unlabeled traces), so there is no error table; '
                           'metrics.csv not written')
         return out
+    out['overlap'] = lm.recorded_overlap(os.path.join(input, 'X_report.txt'))
     baseline_errors = lm.constant_baseline(df)
     out['metrics'] = lm.metrics_table(errors)
     out['baseline'] = lm.metrics_table(baseline_errors)
@@ -77,7 +81,7 @@ def reader(input, output_dir=None, figures=True):
     out['breakdown'] = lm.breakdown_table(df, errors, baseline_errors)
     out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'],
                                     coverage=out['coverage'], breakdown=out['breakdown'],
-                                    reliability=reliability)
+                                    reliability=reliability, overlap=out['overlap'])
     if figures:
         out['paths'] += make_figures(df, errors, os.path.join(output_dir, 'figures'),
                                         reliability=reliability, breakdown=out['breakdown'])
@@ -106,7 +110,7 @@ def _report(res):
         print(lm.format_table(res['coverage']))
     print('\nconstant predictor (test-set mean offset, optimistic):')
     print(lm.format_table(res['baseline']))
-    print('\nmodel:')
+    print('\nmodel:' + (f" ({lm.OVERLAP_MARK}: {res['overlap']})" if res['overlap'] else ''))
     print(lm.format_table(res['metrics']))
     m, b = (float(t.set_index('quantity').loc['epicentral_km', 'mae'])
             for t in (res['metrics'], res['baseline']))

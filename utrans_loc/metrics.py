@@ -494,8 +494,24 @@ def _write_csv(table, path, columns=None):
     return atomic_write(path, lambda fh: table[columns].to_csv(fh, index=False))
 
 
+OVERLAP_MARK = 'test set overlaps training'
+
+
+def recorded_overlap(report_path):
+    """The tester's ``split_overlap`` finding from its X_report.txt, when the test
+    split shares traces or earthquakes with training; None when clean, not
+    checked, or there is no report."""
+    if not os.path.isfile(report_path):
+        return None
+    for line in open(report_path, encoding='utf8', errors='replace'):
+        if line.startswith('split_overlap: '):
+            value = line.split(': ', 1)[1].strip()
+            return None if value in ('none found', 'not checked') else value
+    return None
+
+
 def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
-                  reliability=None):
+                  reliability=None, overlap=None):
     """Write the metric tables into ``out_dir`` atomically.
 
     Parameters
@@ -513,6 +529,8 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
         :func:`breakdown_table` -> ``breakdown.csv``.
     reliability : pandas.DataFrame, optional
         :func:`reliability_curve` -> ``reliability.csv``.
+    overlap : str, optional
+        :func:`recorded_overlap`: marks metrics.md "test set overlaps training".
 
     All given tables also go into ``metrics.md``, with the model/baseline
     ratio of epicentral MAE.
@@ -526,7 +544,10 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
     paths = [_write_csv(table, os.path.join(out_dir, 'metrics.csv'), METRIC_COLUMNS)]
     parts = ['# Location metrics', '',
              'Errors are prediction - truth; lat/lon in degrees, others in km; '
-             'std uses ddof=0.', '', '## Model', '', _markdown(table), '']
+             'std uses ddof=0.', '']
+    if overlap:
+        parts += [f"**Warning: {OVERLAP_MARK}** ({overlap}); these metrics are optimistic.", '']
+    parts += ['## Model' + (f' ({OVERLAP_MARK})' if overlap else ''), '', _markdown(table), '']
     if baseline is not None:
         paths.append(_write_csv(baseline, os.path.join(out_dir, 'metrics_baseline.csv'),
                                 METRIC_COLUMNS))

@@ -57,6 +57,9 @@ class TestConfig:
     verbose: int
     calibration_set: str | None = None
     calibration: str | None = None
+    input_trainset: str | None = None
+    input_validset: str | None = None
+    allow_overlap: bool = False
 
     @property
     def n_samples(self):
@@ -73,9 +76,11 @@ def run(cfg):
     settings = checkpoints.model_settings(
         cfg.input_model, **{k: getattr(cfg, k) for k in checkpoints.MODEL_DEFAULTS})
     test_ids = splits.load_ids(cfg.input_testset)
+    splits.check_no_duplicates(test_ids, "input_testset", cfg.input_testset)
     meta = splits.check_split(cfg.input_hdf5, test_ids, "input_testset", settings["max_d"],
                               settings["min_d"], require_labels=False,
                               dim=settings["input_dimention"])
+    overlap = check_leaks(cfg, meta)
     # Both calibration inputs are checked before the model is built: a wrong
     # file fails in seconds, not after the sampling.
     calibration = read_saved_calibration(cfg)
@@ -102,11 +107,49 @@ def run(cfg):
     timings["write_s"] = time.time() - table_start
     files.write_report(os.path.join(output_dir, "X_report.txt"), "tester1",
                        report_items(cfg, settings, loaded, weights, summary, timings, elapsed,
-                                    len(results), calibration_items(cfg, calibration, output_dir)))
+                                    len(results), calibration_items(cfg, calibration, output_dir)
+                                    + overlap))
     if cfg.verbose:
         print_summary(summary, csv_path, calibration)
     return {"output_dir": output_dir, "results": results, "summary": summary, "time_s": elapsed,
             "timings": timings, "calibration": calibration}
+
+
+def training_splits(cfg):
+    """The splits to check the test split against: [(name, split file, HDF5 file)].
+
+    ``input_trainset`` / ``input_validset`` when given (in ``input_hdf5``), else
+    the ones trainer1 recorded in the checkpoint's model_config.json; the second
+    value says where they came from (or why nothing is checked).
+    """
+    given = [(n, getattr(cfg, n), cfg.input_hdf5) for n in ("input_trainset", "input_validset")
+             if getattr(cfg, n)]
+    if given:
+        return given, "given"
+    recorded = checkpoints.read_model_config(cfg.input_model).get("trained_on") or {}
+    found = [(n, recorded[n], recorded.get("input_hdf5")) for n in ("input_trainset",
+                                                                  "input_validset")
+             if recorded.get(n) and os.path.isfile(recorded[n])]
+    if not recorded:
+        return [], "not checked (no training splits given or recorded with the model)"
+    if not found or not all(h and os.path.isfile(h) for _, _, h in found):
+        return [], ("not checked (the training run's split or data files are not found: "
+                    f"{recorded})")
+    return found, "the training run's model_config.json"
+
+
+def check_leaks(cfg, meta):
+    """The test split against the training run's splits: shared traces and earthquakes
+    (a warning unless ``allow_overlap``); returns the X_report.txt items."""
+    against, source = training_splits(cfg)
+    findings = [splits.split_overlap("input_testset", meta, name,
+                                     splits.read_metadata(hdf5, splits.load_ids(path)))
+                for name, path, hdf5 in against]
+    lines = splits.report_overlap(findings, cfg.allow_overlap, "tester1")
+    return [("split_overlap", "; ".join(lines) if lines else
+             ("none found" if against else "not checked")),
+            ("split_overlap_checked_against",
+             ", ".join(f"{name} {path}" for name, path, _ in against) or source)]
 
 
 def check_parameters(cfg):

@@ -297,6 +297,6 @@ def report_overlap(findings, allow_overlap, prog):
     lines = overlap_lines(findings)
     if lines and not allow_overlap:
         for line in lines:
-            print(f"{prog}: warning: splits overlap, {line}; every metric on the second split "
-                  "is inflated (pass --allow_overlap if this is on purpose)", file=sys.stderr)
+            print(f"{prog}: warning: splits overlap, {line}; scores on the first split are optimistic "
+                  "(pass --allow_overlap if this is on purpose)", file=sys.stderr)
     return lines
