@@ -1,12 +1,18 @@
-"""Shared test setup: import paths, fixture files, small synthetic data."""
+"""Shared test setup: import paths, fixture files, small synthetic data, and the
+helpers that several test files use (running a stage script, hand-made inputs)."""
 
 import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.signal import butter, sosfiltfilt
+from scipy.signal.windows import tukey
 
 ROOT = Path(__file__).resolve().parents[1]
 for sub in ("", "00_data", "01_train", "02_test", "03_read"):
@@ -18,6 +24,12 @@ FIXTURES = Path(os.environ.get("UTRANS_FIXTURES", ROOT.parent / "shared" / "fixt
 FOUNDATION_H5 = FIXTURES / "utrans" / "UTrans_Foundation.h5"
 STEAD_SAMPLE = FIXTURES / "stead_sample" / "waveforms.hdf5"
 PARITY = FIXTURES / "upstream_parity"
+SAMPLE_CSV = STEAD_SAMPLE.parent / "metadata.csv"
+
+# The attributes of a DataCollected trace, as upstream names them.
+UPSTREAM_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth", "magnitude",
+                  "magnitude_type", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
+                  "snr_db", "data_category", "P_polarity", "event_label", "AI_Set")
 
 # Small head used wherever a test trains: the published one is ~10x slower on CPU.
 SMALL_HEAD = dict(convmixer_filters=16, convmixer_depth=2)
@@ -49,7 +61,6 @@ def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     info = sc.make_synthetic_california(out / "syn.hdf5", out, n_traces=90, n_stations=3,
                                         n_noise=3, seed=3, progress=False)
-    import h5py
     with h5py.File(info["hdf5"], "r") as fh:
         info["noise_ids"] = [k for k in fh if fh[k].attrs["data_category"] == "noise"]
     return info
@@ -72,3 +83,109 @@ def trained(synthetic, tmp_path_factory):
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+# The stage scripts, relative to the repository.
+TRAIN = "01_train/trainer1.py"
+TEST = "02_test/tester1.py"
+READ = "03_read/reader.py"
+BUILD = "00_data/build_california.py"
+
+
+def run_script(script, *args, cwd=None, timeout=600):
+    """Run a stage script (path relative to the repository) in a fresh Python process."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def results_frame(n=6, dlat=0.0, dlon=0.0, ddep=0.0, lat0=34.0):
+    """A tester results table (X_test_results.csv) whose predictions are truth + fixed offsets."""
+    i = np.arange(n, dtype=float)
+    ev_lat, ev_lon, dep = lat0 + 0.1 * i, -118.0 + 0.05 * i, 5.0 + i
+    return pd.DataFrame({
+        'trace_name': [f'tr{k}' for k in range(n)],
+        'station_lat': ev_lat + 0.2, 'station_lon': ev_lon - 0.3,
+        'event_lat': ev_lat, 'event_lon': ev_lon, 'depth_km': dep,
+        'pred_event_lat': ev_lat + dlat, 'pred_event_lon': ev_lon + dlon,
+        'pred_depth_km': dep + ddep, 'magnitude': 2.5})
+
+
+def scipy_reference(raw):
+    """The upstream processing written out with scipy alone (not bandpass_taper)."""
+    sos = butter(2, [1.0, 45.0], btype="bandpass", fs=100.0, output="sos")
+    taper = tukey(6000, alpha=2 * min(0.01 * 6000, 2.0 * 100) / 6000)   # 1 %, at most 2 s
+    return (sosfiltfilt(sos, raw.astype(np.float64), axis=0) * taper[:, None]).astype(np.float32)
+
+
+def released_stead_pair(tmp_path):
+    """Two STEAD pairs in the released layout (data/<name>) made from the real sample.
+
+    chunk1: 3 noise traces and one earthquake trace that chunk2 repeats.
+    chunk2: 10 Californian sample traces (one with coda_end_sample as [[x]], one
+    with magnitude 'None'), a second station for one event, an event in Nevada,
+    a station in Oregon, an event in Baja California, a NaN trace, a short
+    trace, a CSV row without coordinates and a CSV row whose trace is missing.
+    """
+    raw = h5py.File(need(STEAD_SAMPLE), "r")["earthquake/local"]
+    meta = pd.read_csv(need(SAMPLE_CSV), dtype=str, keep_default_na=False)
+    meta = meta[meta["source_latitude"].astype(float) > 32.6].reset_index(drop=True)
+    chunks = {"chunk1": [], "chunk2": []}
+
+    def add(chunk, base, name, data=None, **changes):
+        row = meta.iloc[base].copy()
+        attrs = dict(raw[row["trace_name"]].attrs)
+        row["trace_name"] = attrs["trace_name"] = name
+        for key, value in changes.items():
+            attrs[key] = _number_or_text(value)
+            row[key] = str(value.ravel()[0]) if isinstance(value, np.ndarray) else value
+        chunks[chunk].append((row, raw[meta.iloc[base]["trace_name"]][()] if data is None
+                              else data, attrs))
+
+    noise_changes = {k: "None" for k in meta.columns if k.startswith("source_") or k in (
+        "p_arrival_sample", "s_arrival_sample", "coda_end_sample", "back_azimuth_deg")}
+    for i in range(3):
+        add("chunk1", i, f"NOI{i}.TA_2010010100000{i}_NO",
+            data=np.random.default_rng(i).standard_normal((6000, 3)).astype(np.float32),
+            trace_category="noise", snr_db="None", **noise_changes)
+    add("chunk1", 0, "DUP.TA_20100101000000_EV")
+    for i in range(10):
+        changes = {}
+        if i == 1:
+            changes["coda_end_sample"] = np.array([[float(meta.iloc[1]["coda_end_sample"])]])
+        if i == 2:
+            changes["source_magnitude"] = "None"
+        add("chunk2", i, meta.iloc[i]["trace_name"], **changes)
+    add("chunk2", 0, "TWO.CI_20060723155859_EV", network_code="CI", receiver_code="TWO",
+        receiver_latitude="34.1", receiver_longitude="-118.2")            # same event, 2nd station
+    add("chunk2", 3, "NEV.NN_1_EV", source_latitude="39.5", source_longitude="-119.8")
+    add("chunk2", 4, "ORE.UO_1_EV", receiver_latitude="44.0", receiver_longitude="-121.0")
+    add("chunk2", 5, "BAJ.BC_1_EV", source_latitude="32.2", source_longitude="-116.5")
+    nan = raw[meta.iloc[6]["trace_name"]][()].copy()
+    nan[100:110, 1] = np.nan
+    add("chunk2", 6, "NAN.TA_1_EV", data=nan)
+    add("chunk2", 7, "SHORT.TA_1_EV", data=raw[meta.iloc[7]["trace_name"]][:5999])
+    add("chunk2", 8, "NOCOORD.TA_1_EV", receiver_latitude="None")
+    add("chunk2", 0, "DUP.TA_20100101000000_EV")
+    paths = {}
+    for chunk, items in chunks.items():
+        h5, csv = tmp_path / f"{chunk}.hdf5", tmp_path / f"{chunk}.csv"
+        with h5py.File(h5, "w") as fh:
+            for row, data, attrs in items:
+                dset = fh.create_dataset(f"data/{row['trace_name']}", data=data)
+                for key, value in attrs.items():
+                    dset.attrs[key] = value
+        rows = pd.DataFrame([r for r, _, _ in items])
+        if chunk == "chunk2":   # listed in the CSV, absent from the HDF5 file
+            ghost = rows.iloc[0].copy()
+            ghost["trace_name"] = "GHOST.TA_1_EV"
+            rows = pd.concat([rows, ghost.to_frame().T])
+        rows.to_csv(csv, index=False)
+        paths[chunk] = (str(h5), str(csv))
+    return paths, [meta.iloc[i]["trace_name"] for i in range(10)]
+
+
+def _number_or_text(value):
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value

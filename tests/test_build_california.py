@@ -1,6 +1,6 @@
-"""00_data/build_california.py: STEAD -> California DataCollected set and splits."""
+"""00_data/stead_california.py and its command line 00_data/build_california.py: STEAD ->
+California DataCollected set and splits. (Reading the STEAD layouts: test_traces.py.)"""
 
-import re
 import subprocess
 import sys
 
@@ -8,19 +8,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARITY, ROOT, STEAD_SAMPLE, need
-from scipy.signal import butter, sosfiltfilt
-from scipy.signal.windows import tukey
+from conftest import (PARITY, ROOT, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need,
+                      released_stead_pair, scipy_reference)
 
-import EqT_utils_Loc_California as U
-from utrans_loc import splits, traces
 import stead_california as sc
 
 CLI = ROOT / "00_data" / "build_california.py"
-SAMPLE_CSV = STEAD_SAMPLE.parent / "metadata.csv"
-UPSTREAM_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth", "magnitude",
-                  "magnitude_type", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
-                  "snr_db", "data_category", "P_polarity", "event_label", "AI_Set")
 
 
 def _sample():
@@ -31,87 +24,6 @@ def _build(tmp_path, name, hdf5, csv, **kw):
     kw.setdefault("progress", False)
     out = tmp_path / name
     return sc.build_california(hdf5, csv, out / "CA.hdf5", out, **kw), out
-
-
-def _scipy_reference(raw):
-    """The upstream processing written out with scipy alone (not bandpass_taper)."""
-    sos = butter(2, [1.0, 45.0], btype="bandpass", fs=100.0, output="sos")
-    taper = tukey(6000, alpha=2 * min(0.01 * 6000, 2.0 * 100) / 6000)   # 1 %, at most 2 s
-    return (sosfiltfilt(sos, raw.astype(np.float64), axis=0) * taper[:, None]).astype(np.float32)
-
-
-def _released_pair(tmp_path):
-    """Two STEAD pairs in the released layout (data/<name>) made from the real sample.
-
-    chunk1: 3 noise traces and one earthquake trace that chunk2 repeats.
-    chunk2: 10 Californian sample traces (one with coda_end_sample as [[x]], one
-    with magnitude 'None'), a second station for one event, an event in Nevada,
-    a station in Oregon, an event in Baja California, a NaN trace, a short
-    trace, a CSV row without coordinates and a CSV row whose trace is missing.
-    """
-    raw = h5py.File(need(STEAD_SAMPLE), "r")["earthquake/local"]
-    meta = pd.read_csv(need(SAMPLE_CSV), dtype=str, keep_default_na=False)
-    meta = meta[meta["source_latitude"].astype(float) > 32.6].reset_index(drop=True)
-    chunks = {"chunk1": [], "chunk2": []}
-
-    def add(chunk, base, name, data=None, **changes):
-        row = meta.iloc[base].copy()
-        attrs = dict(raw[row["trace_name"]].attrs)
-        row["trace_name"] = attrs["trace_name"] = name
-        for key, value in changes.items():
-            attrs[key] = _number_or_text(value)
-            row[key] = str(value.ravel()[0]) if isinstance(value, np.ndarray) else value
-        chunks[chunk].append((row, raw[meta.iloc[base]["trace_name"]][()] if data is None
-                              else data, attrs))
-
-    noise_changes = {k: "None" for k in meta.columns if k.startswith("source_") or k in (
-        "p_arrival_sample", "s_arrival_sample", "coda_end_sample", "back_azimuth_deg")}
-    for i in range(3):
-        add("chunk1", i, f"NOI{i}.TA_2010010100000{i}_NO",
-            data=np.random.default_rng(i).standard_normal((6000, 3)).astype(np.float32),
-            trace_category="noise", snr_db="None", **noise_changes)
-    add("chunk1", 0, "DUP.TA_20100101000000_EV")
-    for i in range(10):
-        changes = {}
-        if i == 1:
-            changes["coda_end_sample"] = np.array([[float(meta.iloc[1]["coda_end_sample"])]])
-        if i == 2:
-            changes["source_magnitude"] = "None"
-        add("chunk2", i, meta.iloc[i]["trace_name"], **changes)
-    add("chunk2", 0, "TWO.CI_20060723155859_EV", network_code="CI", receiver_code="TWO",
-        receiver_latitude="34.1", receiver_longitude="-118.2")            # same event, 2nd station
-    add("chunk2", 3, "NEV.NN_1_EV", source_latitude="39.5", source_longitude="-119.8")
-    add("chunk2", 4, "ORE.UO_1_EV", receiver_latitude="44.0", receiver_longitude="-121.0")
-    add("chunk2", 5, "BAJ.BC_1_EV", source_latitude="32.2", source_longitude="-116.5")
-    nan = raw[meta.iloc[6]["trace_name"]][()].copy()
-    nan[100:110, 1] = np.nan
-    add("chunk2", 6, "NAN.TA_1_EV", data=nan)
-    add("chunk2", 7, "SHORT.TA_1_EV", data=raw[meta.iloc[7]["trace_name"]][:5999])
-    add("chunk2", 8, "NOCOORD.TA_1_EV", receiver_latitude="None")
-    add("chunk2", 0, "DUP.TA_20100101000000_EV")
-    paths = {}
-    for chunk, items in chunks.items():
-        h5, csv = tmp_path / f"{chunk}.hdf5", tmp_path / f"{chunk}.csv"
-        with h5py.File(h5, "w") as fh:
-            for row, data, attrs in items:
-                dset = fh.create_dataset(f"data/{row['trace_name']}", data=data)
-                for key, value in attrs.items():
-                    dset.attrs[key] = value
-        rows = pd.DataFrame([r for r, _, _ in items])
-        if chunk == "chunk2":   # listed in the CSV, absent from the HDF5 file
-            ghost = rows.iloc[0].copy()
-            ghost["trace_name"] = "GHOST.TA_1_EV"
-            rows = pd.concat([rows, ghost.to_frame().T])
-        rows.to_csv(csv, index=False)
-        paths[chunk] = (str(h5), str(csv))
-    return paths, [meta.iloc[i]["trace_name"] for i in range(10)]
-
-
-def _number_or_text(value):
-    try:
-        return float(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
 
 
 def _contents(path):
@@ -141,72 +53,6 @@ def test_region_polygon_and_bbox():
         sc.make_region(region=[35, 33, -119, -117])
 
 
-# ----------------------------------------------------------------- attribute mapping
-def test_stead_attributes_map_to_the_upstream_names():
-    ids = np.load(need(PARITY / "collected_50_ids.npy"))
-    reader = traces.H5Reader(need(STEAD_SAMPLE))
-    assert reader.layout == traces.LAYOUT_STEAD_OLD
-    with h5py.File(need(PARITY / "collected_50.hdf5"), "r") as ref:
-        for cid in ids:
-            name = re.sub(r"_\d{5}_EV$", "_EV", cid)
-            mapped, expected = reader.attrs(name), ref[cid].attrs
-            for key in expected:
-                np.testing.assert_array_equal(mapped[key], expected[key], err_msg=key)
-                assert np.asarray(mapped[key]).dtype == np.asarray(expected[key]).dtype, key
-            assert mapped["source_id"] and mapped["network_code"] == "TA"
-    reader.close()
-
-    odd = {"receiver_latitude": b"33.5", "receiver_longitude": np.float32(-117.0),
-           "source_latitude": "None", "source_longitude": np.nan, "source_depth_km": "",
-           "coda_end_sample": np.array([[2896.0]]), "snr_db": "[56.8 55.4 47.4]",
-           "source_id": 8556349, "trace_category": "noise"}
-    out = traces.stead_to_upstream(odd)
-    assert out["station_lat"] == 33.5 and out["station_long"] == np.float32(-117.0)
-    assert out["event_lat"] == out["event_long"] == out["depth"] == out["magnitude"] == "None"
-    assert out["coda_end_sample"] == 2896.0 and np.ndim(out["coda_end_sample"]) == 0
-    np.testing.assert_allclose(out["snr_db"], [56.8, 55.4, 47.4])
-    assert (out["data_category"], out["event_label"], out["AI_Set"], out["P_polarity"]) == \
-        ("noise", 0, "STEAD", "None")
-    assert out["source_id"] == "8556349" and out["trace_start_time"] == "None"
-    assert traces.stead_to_upstream({}, category="earthquake_local")["data_category"] == "earthquake"
-    assert set(UPSTREAM_ATTRS) <= set(out)
-
-
-# ---------------------------------------------------- generator reading STEAD directly
-def test_generator_reads_the_older_stead_layout_directly():
-    ids = np.load(need(PARITY / "collected_50_ids.npy"))[:8]
-    names = [re.sub(r"_\d{5}_EV$", "_EV", c) for c in ids]
-    common = dict(batch_size=8, shuffle=False, augmentation=False)
-    x_ref, y_ref = U.DataGenerator(ids, need(PARITY / "collected_50.hdf5"), **common)[0]
-    x, y = U.DataGenerator(names, need(STEAD_SAMPLE), **common)[0]
-    np.testing.assert_array_equal(x, x_ref)
-    np.testing.assert_array_equal(y, y_ref)
-
-    xb, _ = U.DataGenerator(names, STEAD_SAMPLE, bandpass=True, **common)[0]
-    with h5py.File(STEAD_SAMPLE, "r") as fh:
-        raw = fh[f"earthquake/local/{names[3]}"][()]
-    np.testing.assert_allclose(xb[3], U.normalize(_scipy_reference(raw)), atol=1e-5)
-    (xp,) = U.DataGeneratorPrediction(names, STEAD_SAMPLE, batch_size=8, bandpass=True)[0]
-    np.testing.assert_array_equal(xp, xb)
-
-    meta = splits.check_split(STEAD_SAMPLE, names, "test split", U.MAX_D, U.MIN_D)
-    assert np.isfinite(meta[["event_lat", "depth_km", "snr_db", "source_distance_km"]]
-                       .to_numpy(float)).all()
-
-
-def test_generator_reads_the_released_layout_and_rejects_noise(tmp_path):
-    (noise_h5, _), (eq_h5, _) = _released_pair(tmp_path)[0].values()
-    assert traces.H5Reader(eq_h5).layout == traces.LAYOUT_STEAD
-    names = ["TWO.CI_20060723155859_EV", "NEV.NN_1_EV"]
-    x, y = U.DataGenerator(names, eq_h5, batch_size=2, shuffle=False)[0]
-    assert x.shape == (2, 6000, 3) and np.isfinite(y).all()
-    with pytest.raises(U.TraceError, match="NOI0.TA_20100101000000_NO"):
-        splits.check_split(noise_h5, ["NOI0.TA_20100101000000_NO"], "input_trainset", U.MAX_D,
-                           U.MIN_D)
-    with pytest.raises(U.TraceError, match="not in"):
-        splits.read_metadata(eq_h5, ["NOPE_EV"])
-
-
 # ------------------------------------------------------------------------- building
 def test_build_the_real_sample(tmp_path):
     hdf5, csv = _sample()
@@ -220,7 +66,7 @@ def test_build_the_real_sample(tmp_path):
         assert len(fh) == 45
         for name in list(fh)[:5]:
             assert fh[name]["data"].dtype == np.float32
-            expect = _scipy_reference(raw[f"earthquake/local/{name}"][()])
+            expect = scipy_reference(raw[f"earthquake/local/{name}"][()])
             np.testing.assert_allclose(fh[name]["data"][()], expect, rtol=1e-6, atol=1e-6)
             attrs = fh[name].attrs
             assert set(UPSTREAM_ATTRS) <= set(attrs)
@@ -258,7 +104,7 @@ def test_select_traces_filters():
 
 
 def test_build_released_layout_selection_skips_and_events(tmp_path):
-    pairs, sample_names = _released_pair(tmp_path)
+    pairs, sample_names = released_stead_pair(tmp_path)
     (h1, c1), (h2, c2) = pairs.values()
     out, folder = _build(tmp_path, "rel", [h1, h2], [c1, c2], split=(0.6, 0.2, 0.2), seed=1)
     with h5py.File(folder / "CA.hdf5", "r") as fh:

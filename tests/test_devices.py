@@ -1,9 +1,11 @@
-"""Data-parallel training (``multi_gpu``) checked on a CPU split into 2 logical devices.
+"""utrans_loc/devices.py: data-parallel training (``multi_gpu``) checked on a CPU split
+into 2 logical devices, GPU settings, and mixed precision.
 
-Each test runs its backend code in a fresh Python process (this file, run as
-a script, see ``_worker``): the devices must be set up before the backend
-starts, and the JAX distribution is process-wide. ``CUDA_VISIBLE_DEVICES=''``
-hides any GPU, so the tests take the same CPU path on every machine.
+Each distribution test runs its backend code in a fresh Python process (this
+file, run as a script, see ``_worker``): the devices must be set up before the
+backend starts, and the JAX distribution is process-wide.
+``CUDA_VISIBLE_DEVICES=''`` hides any GPU, so the tests take the same CPU path on
+every machine. The precision tests run in the test process.
 """
 
 import json
@@ -13,12 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-from conftest import SMALL_HEAD
-from utrans_loc import devices
+from conftest import PARITY, ROOT, SMALL_HEAD, need
 
-ROOT = Path(__file__).resolve().parents[1]
+import EqT_utils_Loc_California as U
+from utrans_loc import checkpoints, devices
 
 # Relative tolerance of 1- vs 2-device losses. The runs differ only in the
 # order of float32 sums (per-replica means, then the all-reduce of gradients):
@@ -301,7 +304,43 @@ def test_trainer_cli_gpuid_without_gpu_is_one_line(tiny_set, tmp_path):
     assert not (tmp_path / "nogpu_outputs").exists()
 
 
+# --------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------
+def test_bfloat16_predictions_within_1e_2_of_float32():
+    """Same weights (the upstream location checkpoint), 50 real traces."""
+    ckpt = need(PARITY / "location_ckpt_keras2.h5")
+    x = np.load(need(PARITY / "location_ref.npz"))["x"]
+    head = checkpoints.infer_head_from_legacy_h5(ckpt)
+    pred = {}
+    for precision in ("off", "bfloat16"):
+        with devices.precision_policy(precision):
+            model = U.build_location_model(**head)
+        checkpoints.load_location_weights(model, ckpt)
+        assert model.get_layer("output_layer").compute_dtype == "float32"
+        assert model.layers[-2].compute_dtype == ("float32" if precision == "off" else "bfloat16")
+        pred[precision] = np.asarray(model.predict(x, batch_size=25, verbose=0))
+    assert keras.config.dtype_policy().name == "float32"        # policy restored
+    assert pred["bfloat16"].dtype == np.float32
+    diff = pred["bfloat16"] - pred["off"]
+    assert 0 < np.linalg.norm(diff) / np.linalg.norm(pred["off"]) < 1e-2
+    with pytest.raises(ValueError, match="mixed_precision"):
+        with devices.precision_policy("fp8"):
+            pass
+
+
+def test_float16_training_uses_loss_scaling(synthetic):
+    ids = np.load(synthetic["train"])
+    x, y = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0)[0]
+    with devices.precision_policy("float16"):
+        model = U.build_location_model(**SMALL_HEAD)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    losses = [float(np.asarray(model.train_on_batch(x, y))) for _ in range(3)]
+    assert np.isfinite(losses).all()
+
+
 if __name__ == "__main__":
-    # Worker mode: python tests/test_distribute.py <name> (conftest set sys.path).
+    # Worker mode: python tests/test_devices.py <name> (conftest set sys.path).
     result = globals()[f"_{sys.argv[1]}_worker"]()
     print(json.dumps(result))

@@ -1,0 +1,92 @@
+"""utrans_loc/run_state.py (with the resume steps of utrans_loc/training.py): the NaN
+guard, kill-and-resume from the saved state, best checkpoints of an interrupted epoch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, SMALL_HEAD, TRAIN, run_script, working_dir
+
+import EqT_utils_Loc_California as U
+from utrans_loc import training
+import trainer1 as tr
+
+
+# ----------------------------------------------------------------- NaN during training
+def test_nan_loss_stops_training_naming_the_batch(synthetic, tmp_path, monkeypatch):
+    calls = {"n": 0, "ids": None}
+    original = U.DataGenerator.__getitem__
+
+    def poisoned(self, index):
+        x, y = original(self, index)
+        if self.augmentation:
+            calls["n"] += 1
+            if calls["n"] == 3:                      # the third training batch served
+                calls["ids"] = set(self.batch_ids(index))
+                y = y.copy()
+                y[0, 0] = np.inf                     # finite input, infinite loss
+        return x, y
+
+    monkeypatch.setattr(U.DataGenerator, "__getitem__", poisoned)
+    with working_dir(tmp_path), pytest.raises(U.TraceError, match="NaN/Inf at epoch 1") as err:
+        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+                    input_validset=synthetic["valid"], output_name="nan", batch_size=8,
+                    epochs=2, foundation_weights="none", seed=1, verbose=0, workers=1,
+                    **SMALL_HEAD)
+    named = str(err.value).split("traces in that batch: ")[1].split(";")[0].split(", ")
+    assert set(named) == calls["ids"]                # exactly the poisoned batch's traces
+    assert not list((tmp_path / "nan_outputs" / "models").glob("*.weights.h5"))
+    # the NaN epoch did not overwrite the (here: absent) last good resume state
+    assert not (tmp_path / "nan_outputs" / "resume" / "state.json").exists()
+
+
+# ----------------------------------------------------------------- resume
+def test_kill_during_second_epoch_then_resume(synthetic, tmp_path):
+    args = ["--input_hdf5", synthetic["hdf5"], "--input_trainset", synthetic["train"],
+            "--input_validset", synthetic["valid"], "--output_name", "k", "--epochs", "3",
+            "--batch_size", "4", "--foundation_weights", "none", "--seed", "3",
+            "--convmixer_filters", "16", "--convmixer_depth", "2", "--verbose", "0"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *map(str, args)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = tmp_path / "k_outputs" / "resume" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_done"] == 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["epochs_done"] == 1
+    history = pd.read_csv(tmp_path / "k_outputs" / "history.csv")
+    assert len(history) == 1
+
+    again = run_script(TRAIN, "--output_name", "k", "--resume", "--verbose", "0",
+                       "--input_hdf5", synthetic["hdf5"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout
+    history = pd.read_csv(tmp_path / "k_outputs" / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    assert history[["loss", "val_loss"]].notna().all().all()
+    assert json.loads(state.read_text())["epochs_done"] == 3
+    assert "best_epoch:" in (tmp_path / "k_outputs" / "X_report.txt").read_text()
+
+
+def test_interrupted_best_checkpoint_is_set_aside(tmp_path):
+    for epoch in (1, 2, 3):
+        (tmp_path / f"run_{epoch:03d}.weights.h5").write_bytes(b"w")
+    training.set_aside_interrupted_checkpoints(str(tmp_path), "run", epochs_done=2)
+    assert sorted(os.listdir(tmp_path)) == ["run_001.weights.h5", "run_002.weights.h5",
+                                            "run_003.weights.h5.interrupted"]
+
+
+def test_resume_without_a_run_is_an_error(tmp_path):
+    run = run_script(TRAIN, "--input_hdf5", "x.hdf5", "--output_name", "none", "--resume",
+                     cwd=tmp_path)
+    assert run.returncode == 2 and "nothing to resume" in run.stderr
