@@ -11,7 +11,6 @@ import pytest
 from conftest import FOUNDATION_H5, PARITY, ROOT, STEAD_SAMPLE, need
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints
 import utrans_backbone as ub
 
 

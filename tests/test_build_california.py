@@ -1,6 +1,7 @@
 """00_data/stead_california.py and its command line 00_data/build_california.py: STEAD ->
 California DataCollected set and splits. (Reading the STEAD layouts: test_traces.py.)"""
 
+import json
 import subprocess
 import sys
 
@@ -164,7 +165,7 @@ def test_resume_after_an_interruption_matches_a_clean_build(tmp_path, monkeypatc
 
     # Interrupted while moving the outputs into place: a rerun finishes the moves.
     real_finish = sc._finish
-    monkeypatch.setattr(sc, "_finish", lambda work, commit: (_ for _ in ()).throw(
+    monkeypatch.setattr(sc, "_finish", lambda work, commit, paths: (_ for _ in ()).throw(
         KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path, "late", hdf5, csv, **kw)
@@ -223,3 +224,17 @@ def test_command_line(tmp_path):
                    "--output_dir", "x", cwd=tmp_path)
     assert missing.returncode == 2 and "gone.hdf5" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_foreign_commit_json_moves_nothing(tmp_path):
+    hdf5, csv = _sample()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("a user's file")
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, "cut", hdf5, csv, interrupt_after=5, shard_size=50)
+    work = tmp_path / "cut" / "CA.hdf5.partial"
+    # A crafted commit record that would move a file from outside the work folder.
+    (work / "COMMIT.json").write_text(json.dumps({"hdf5": [str(victim), str(tmp_path / "stolen")]}))
+    with pytest.raises(ValueError, match="COMMIT.json: move 'hdf5' is not one of this build"):
+        _build(tmp_path, "cut", hdf5, csv, interrupt_after=None, shard_size=50)
+    assert victim.read_text() == "a user's file" and not (tmp_path / "stolen").exists()

@@ -1,6 +1,9 @@
 """Command line of 02_test/tester1.py: refused output folder and model, exit status 2."""
 
-from conftest import PARITY, need, run_script
+import os
+
+import numpy as np
+from conftest import PARITY, READ, TEST, need, run_script
 
 
 def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_path):
@@ -17,3 +20,44 @@ def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_pa
                      "--convmixer_depth", "2", cwd=tmp_path)
     assert run.returncode == 2 and "location_ckpt_keras2.h5" in run.stderr
     assert not (tmp_path / "y_outputs").exists()
+
+
+def test_tester_warns_when_the_test_split_overlaps_training_and_the_reader_marks_it(
+        synthetic, trained, tmp_path):
+    train = np.load(synthetic["train"])
+    leaky = np.concatenate([np.load(synthetic["test"]), train[:2]])
+    np.save(tmp_path / "leaky_test.npy", leaky)
+    run = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", "leaky_test.npy",
+                     "--input_model", trained["best_weights"], "--output_name", "leak",
+                     "--verbose", "0", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # No splits given: the ones recorded with the model (model_config.json) are used.
+    assert "tester1: warning: splits overlap, input_testset vs input_trainset: 2 shared trace" \
+           in run.stderr
+    report = (tmp_path / "leak_outputs" / "X_report.txt").read_text()
+    assert "split_overlap: input_testset vs input_trainset: 2 shared trace id(s)" in report
+    assert f"split_overlap_checked_against: input_trainset {os.path.abspath(synthetic['train'])}" \
+        in report
+    read = run_script(READ, "--input", "leak_outputs", "--no_figures", cwd=tmp_path)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert "model: (test set overlaps training: input_testset vs input_trainset" in read.stdout
+    assert "## Model (test set overlaps training)" in \
+        (tmp_path / "leak_outputs" / "metrics.md").read_text()
+
+    quiet = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", synthetic["test"],
+                       "--input_model", trained["best_weights"], "--output_name", "clean",
+                       "--verbose", "0", "--allow_overlap", cwd=tmp_path)
+    assert quiet.returncode == 0 and "overlap" not in quiet.stderr
+    assert "split_overlap: none found" in (tmp_path / "clean_outputs" / "X_report.txt").read_text()
+    read = run_script(READ, "--input", "clean_outputs", "--no_figures", cwd=tmp_path)
+    assert "overlaps training" not in read.stdout
+
+
+def test_a_test_split_naming_a_trace_twice_is_refused(synthetic, trained, tmp_path):
+    ids = np.load(synthetic["test"])
+    np.save(tmp_path / "twice.npy", np.concatenate([ids, ids[:1]]))
+    run = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", "twice.npy",
+                     "--input_model", trained["best_weights"], "--output_name", "twice",
+                     cwd=tmp_path)
+    assert run.returncode == 2 and "twice.npy) names 1 trace(s) more than once" in run.stderr
+    assert not (tmp_path / "twice_outputs").exists()

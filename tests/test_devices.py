@@ -195,8 +195,6 @@ def _multiworker_worker():
     import keras
     import tensorflow as tf
 
-    import EqT_utils_Loc_California as U
-
     devices.configure_gpus(multi_gpu=True, number_of_gpus=1)
     x, y = _linear_data()
     with devices.distribution_scope(True, 1):
@@ -273,7 +271,6 @@ def test_configure_gpus_rejects_bad_settings():
 
 def _errors_worker():
     """The ValueError message of each bad configure_gpus call ('ok' if none)."""
-    import EqT_utils_Loc_California as U
 
     calls = {"gpu_limit=1.5": dict(gpu_limit=1.5), "gpu_limit=0": dict(gpu_limit=0),
              "gpu_limit=-0.2": dict(gpu_limit=-0.2), "gpu_limit='half'": dict(gpu_limit="half"),

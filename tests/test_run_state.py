@@ -1,6 +1,7 @@
 """utrans_loc/run_state.py (with the resume steps of utrans_loc/training.py): the NaN
 guard, kill-and-resume from the saved state, best checkpoints of an interrupted epoch."""
 
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT, SMALL_HEAD, TRAIN, run_script, working_dir
 
 import EqT_utils_Loc_California as U
-from utrans_loc import training
+from utrans_loc import files, run_state, training
 import trainer1 as tr
 
 
@@ -90,3 +91,76 @@ def test_resume_without_a_run_is_an_error(tmp_path):
     run = run_script(TRAIN, "--input_hdf5", "x.hdf5", "--output_name", "none", "--resume",
                      cwd=tmp_path)
     assert run.returncode == 2 and "nothing to resume" in run.stderr
+
+
+# ----------------------------------------------------------------- trust: state, Ctrl-C, two runs, full disk
+def test_a_state_json_naming_a_file_elsewhere_is_refused(tmp_path):
+    state_dir = tmp_path / "resume"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(json.dumps({"epochs_done": 1,
+                                                      "weights": "../../../etc/passwd"}))
+    with pytest.raises(ValueError, match="names the snapshot '../../../etc/passwd'"):
+        run_state.read_training_state(str(state_dir))
+    (state_dir / "state.json").write_text(json.dumps({"epochs_done": 1,
+                                                      "weights": "epoch_001.weights.h5"}))
+    with pytest.raises(FileNotFoundError, match="epoch_001.weights.h5 is missing"):
+        run_state.read_training_state(str(state_dir))
+
+
+def test_ctrl_c_then_resume_and_a_second_trainer_on_the_same_name(synthetic, tmp_path):
+    args = ["--input_hdf5", synthetic["hdf5"], "--input_trainset", synthetic["train"],
+            "--input_validset", synthetic["valid"], "--output_name", "c", "--epochs", "3",
+            "--batch_size", "4", "--foundation_weights", "none", "--seed", "3",
+            "--convmixer_filters", "16", "--convmixer_depth", "2", "--verbose", "0"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *map(str, args)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "c_outputs" / "resume" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_done"] == 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGSTOP)   # hold it mid-run while the others start (seconds)
+    # While it runs: a second trainer on that name, fresh or resuming, is refused.
+    fresh = run_script(TRAIN, *args, cwd=tmp_path)
+    assert fresh.returncode == 2 and "already exists" in fresh.stderr
+    resume = run_script(TRAIN, "--output_name", "c", "--resume", cwd=tmp_path)
+    assert resume.returncode == 2 and "in use by another running trainer1" in resume.stderr
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "trainer1: interrupted; every completed epoch is saved: continue with " \
+           "--output_name c --resume" in err
+    assert "Traceback" not in err
+    done = json.loads(state.read_text())["epochs_done"]
+    assert done >= 1 and len(pd.read_csv(tmp_path / "c_outputs" / "history.csv")) == done
+
+    again = run_script(TRAIN, "--output_name", "c", "--resume", "--verbose", "0", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(pd.read_csv(tmp_path / "c_outputs" / "history.csv")["epoch"]) == [0, 1, 2]
+
+
+def test_a_full_disk_at_history_csv_loses_no_earlier_epoch(synthetic, tmp_path, monkeypatch):
+    original = files.atomic_write_text
+    calls = {"history": 0}
+
+    def flaky(path, text):
+        if str(path).endswith("history.csv"):
+            calls["history"] += 1
+            if calls["history"] == 2:
+                raise OSError(errno.ENOSPC, f"could not write {path} (No space left on device)")
+        return original(path, text)
+
+    monkeypatch.setattr(run_state, "atomic_write_text", flaky)
+    with working_dir(tmp_path), pytest.raises(OSError, match="history.csv"):
+        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+                    input_validset=synthetic["valid"], output_name="full", batch_size=8,
+                    epochs=3, foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
+    out = tmp_path / "full_outputs"
+    saved = run_state.read_training_state(str(out / "resume"))
+    assert saved["epochs_done"] == 1                          # epoch 1 is intact and resumable
+    assert len(pd.read_csv(out / "history.csv")) == 1
+    assert (out / "resume" / saved["weights"]).is_file()
+    assert list((out / "models").glob("full_001.weights.h5"))

@@ -1,10 +1,17 @@
-"""utrans_loc/splits.py: split files checked against the HDF5 file before a run starts."""
+"""utrans_loc/splits.py: split files read as data (never code), checked against the HDF5
+file and against each other before a run starts."""
 
+import os
+
+import h5py
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import SMALL_HEAD, TRAIN, run_script, working_dir
 
 import EqT_utils_Loc_California as U
-from utrans_loc import splits
+import trainer1 as tr
+from utrans_loc import splits, traces
 
 
 def test_noise_trace_in_split_is_an_error_naming_it(synthetic):
@@ -26,3 +33,154 @@ def test_depth_outside_range_is_counted_not_fatal(synthetic, capsys):
     meta = splits.check_split(synthetic["hdf5"], ids, "train", max_d=3.0, min_d=1e-5)
     assert len(meta) == len(ids)
     assert "outside [1e-05, 3.0]" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- split files are data
+class _Sentinel:
+    """Unpickling this would create a file: a harmless stand-in for arbitrary code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickled_split_file_runs_nothing_and_is_refused(tmp_path):
+    sentinel = tmp_path / "code_ran"
+    ids = np.empty(2, dtype=object)
+    ids[0], ids[1] = "A.TRACE_EV", _Sentinel(sentinel)
+    np.save(tmp_path / "train_Events.npy", ids, allow_pickle=True)
+    with pytest.raises(ValueError, match="train_Events.npy.*not allowed.*astype\\(str\\)"):
+        splits.load_ids(tmp_path / "train_Events.npy")
+    assert not sentinel.exists()
+    run = run_script(TRAIN, "--input_hdf5", "x.hdf5", "--input_trainset", "train_Events.npy",
+                     "--output_name", "pickled", cwd=tmp_path)
+    assert run.returncode == 2 and "not allowed in a split file" in run.stderr
+    assert not sentinel.exists() and not (tmp_path / "pickled_outputs").exists()
+
+
+def test_older_object_array_splits_of_str_or_bytes_still_load(tmp_path):
+    for name, values in (("str", ["a.EV", "b.EV"]), ("bytes", [b"a.EV", b"b.EV"])):
+        np.save(tmp_path / f"{name}.npy", np.array(values, dtype=object), allow_pickle=True)
+        assert list(splits.load_ids(tmp_path / f"{name}.npy")) == ["a.EV", "b.EV"]
+
+
+def test_a_split_of_numbers_or_mixed_objects_is_refused(tmp_path):
+    np.save(tmp_path / "ints.npy", np.arange(3))
+    with pytest.raises(ValueError, match="ints.npy: holds int64 values"):
+        splits.load_ids(tmp_path / "ints.npy")
+    mixed = np.array(["a", 3], dtype=object)
+    np.save(tmp_path / "mixed.npy", mixed, allow_pickle=True)
+    with pytest.raises(ValueError, match="mixed.npy: the object array holds values that are not"):
+        splits.load_ids(tmp_path / "mixed.npy")
+
+
+# ----------------------------------------------------------------- leaks between splits
+def test_a_trace_twice_in_one_split_is_an_error():
+    with pytest.raises(U.TraceError, match="train.npy.*1 trace\\(s\\) more than once.*b"):
+        splits.check_no_duplicates(["a", "b", "c", "b"], "input_trainset", "train.npy")
+    splits.check_no_duplicates(["a", "b"], "input_trainset", "train.npy")
+
+
+def _meta(rows):
+    cols = ("trace_name", "event_lat", "event_lon", "depth_km", "source_id", "source_origin_time")
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+
+
+def test_overlap_counts_shared_traces_and_shared_earthquakes_by_source_id():
+    train = _meta([("S1.a", 34.0, -118.0, 10.0, "E1", None), ("S2.a", 34.0, -118.0, 10.0, "E1", None),
+                   ("S1.b", 35.0, -119.0, 5.0, "E2", None)])
+    test = _meta([("S3.a", 34.0, -118.0, 10.0, "E1", None), ("S1.b", 35.0, -119.0, 5.0, "E2", None),
+                  ("S1.c", 34.0, -118.0, 10.0, "E9", None)])   # same place, another event id
+    found = splits.split_overlap("input_testset", test, "input_trainset", train)
+    assert found["traces"] == ["S1.b"] and found["n_traces"] == 1
+    assert found["n_events"] == 2 and found["event_traces"] == ["S3.a", "S1.b"]
+    line = splits.overlap_lines([found])[0]
+    assert line.startswith("input_testset vs input_trainset: 1 shared trace id(s) (first: S1.b)")
+
+
+def test_overlap_without_source_id_uses_epicentre_depth_and_origin_time():
+    t0 = "2019-07-06 03:19:53"
+    train = _meta([("A.1", 35.770, -117.599, 8.0, None, t0), ("A.2", 33.0, -116.0, 12.0, None, None)])
+    test = _meta([("B.1", 35.775, -117.595, 8.6, None, "2019-07-06 03:19:54"),   # same event
+                  ("B.2", 35.770, -117.599, 8.0, None, "2019-07-06 05:00:00"),   # same place, later
+                  ("B.3", 33.05, -116.0, 12.0, None, None),                       # 0.05 deg away
+                  ("B.4", 33.0, -116.004, 11.2, None, None)])                     # no times: same
+    found = splits.split_overlap("input_testset", test, "input_trainset", train)
+    assert found["n_traces"] == 0
+    assert found["event_traces"] == ["B.1", "B.4"] and found["n_events"] == 2
+    assert splits.overlap_lines([splits.split_overlap("a", train.iloc[1:], "b", test.iloc[:2])]) == []
+
+
+def test_trainer_warns_about_validation_overlapping_training(synthetic, tmp_path, capsys):
+    train = splits.load_ids(synthetic["train"])
+    valid = np.concatenate([splits.load_ids(synthetic["valid"]), train[:3]])
+    np.save(tmp_path / "valid_leaky.npy", valid)
+    with working_dir(tmp_path):
+        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+                    input_validset="valid_leaky.npy", output_name="leaky", batch_size=8,
+                    epochs=1, foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
+    err = capsys.readouterr().err
+    assert "trainer1: warning: splits overlap, input_validset vs input_trainset: 3 shared trace" in err
+    report = (tmp_path / "leaky_outputs" / "X_report.txt").read_text()
+    assert "split_overlap: input_validset vs input_trainset: 3 shared trace id(s)" in report
+    assert "--allow_overlap" in err
+
+
+# ----------------------------------------------------------------- what new users feed it
+def test_coordinates_out_of_range_are_an_error_naming_the_trace(synthetic, tmp_path):
+    ids = list(splits.load_ids(synthetic["train"])[:4])
+    path = tmp_path / "swapped.hdf5"
+    with h5py.File(synthetic["hdf5"], "r") as src, h5py.File(path, "w") as dst:
+        for t in ids:
+            src.copy(src[t], dst, name=t)
+        dst[ids[1]].attrs["station_lat"] = dst[ids[1]].attrs["station_long"]   # swapped: -118
+        dst[ids[2]].attrs["event_long"] = 241.0 + 360.0
+    with pytest.raises(U.TraceError, match=f"station_lat outside \\[-90, 90\\].*{ids[1]}"):
+        splits.check_split(path, ids, "input_trainset", U.MAX_D, U.MIN_D)
+    del_ids = [ids[0], ids[2], ids[3]]
+    with pytest.raises(U.TraceError, match=f"event_lon outside \\[-180, 360\\].*{ids[2]}"):
+        splits.check_split(path, del_ids, "input_trainset", U.MAX_D, U.MIN_D)
+
+
+def test_transposed_waveforms_are_named_as_transposed(synthetic, tmp_path):
+    ids = list(splits.load_ids(synthetic["train"])[:2])
+    path = tmp_path / "transposed.hdf5"
+    with h5py.File(synthetic["hdf5"], "r") as src, h5py.File(path, "w") as dst:
+        for t in ids:
+            g = dst.create_group(t)
+            g.attrs.update(src[t].attrs)
+            g["data"] = src[t]["data"][()].T
+    with pytest.raises(U.TraceError, match="transposed\\?.*\\(3, 6000\\)"):
+        splits.check_split(path, ids, "input_testset", U.MAX_D, U.MIN_D, dim=(6000, 3))
+    with pytest.raises(U.TraceError, match="transposed\\?"):
+        traces.H5Reader(path).waveform(ids[0], (6000, 3))
+
+
+def test_bytes_one_element_arrays_int16_and_float64_read_like_the_plain_file(synthetic, tmp_path):
+    ids = list(splits.load_ids(synthetic["train"])[:3])
+    path = tmp_path / "odd_types.hdf5"
+    with h5py.File(synthetic["hdf5"], "r") as src, h5py.File(path, "w") as dst:
+        for i, t in enumerate(ids):
+            g = dst.create_group(t)
+            for key, value in src[t].attrs.items():
+                if isinstance(value, str):
+                    value = value.encode()                    # bytes, as older h5py wrote
+                elif np.ndim(value) == 0:
+                    value = np.array([value])                 # 1-element array
+                g.attrs[key] = value
+            data = src[t]["data"][()]
+            g["data"] = (np.round(data * 30000 / np.abs(data).max()).astype(np.int16) if i == 0
+                         else data.astype(np.float64))
+    plain = splits.read_metadata(synthetic["hdf5"], ids)
+    odd = splits.read_metadata(path, ids)
+    pd.testing.assert_frame_equal(plain, odd)
+    gen = U.DataGenerator(ids, str(path), batch_size=2, shuffle=False, seed=0, metadata=odd)
+    ref = U.DataGenerator(ids, synthetic["hdf5"], batch_size=2, shuffle=False, seed=0)
+    np.testing.assert_array_equal(gen[0][1], ref[0][1])            # labels
+    np.testing.assert_array_equal(gen[0][0][1], ref[0][0][1])      # float64 -> float32, same
+    with h5py.File(synthetic["hdf5"], "r") as src:
+        data = src[ids[0]]["data"][()]
+        expected = U.normalize(np.round(data * 30000 / np.abs(data).max()).astype(np.float32))
+    np.testing.assert_allclose(gen[0][0][0], expected, atol=1e-6)  # int16 converted on read

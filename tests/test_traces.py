@@ -3,6 +3,8 @@ root-level datasets), STEAD attributes under the upstream names, preloading and 
 memory checks."""
 
 import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -125,3 +127,23 @@ def test_available_memory_is_positive_where_readable():
     assert free is None or free > 0
     with pytest.raises(ValueError, match=r"needs .* only .* GB of memory is available"):
         traces.check_preload(10**9, (6000, 3), 10**9, "a huge split")
+
+
+def test_an_hdf5_file_open_for_writing_elsewhere_is_named_as_locked(tmp_path):
+    path = tmp_path / "being_written.hdf5"
+    with h5py.File(path, "w") as fh:
+        fh["x"] = np.zeros(3)
+    writer = subprocess.Popen([sys.executable, "-c",
+                               f"import h5py, time; f = h5py.File({str(path)!r}, 'a'); "
+                               "print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(ValueError, match="being_written.hdf5: is open for writing by another "
+                                             "process"):
+            traces.H5Reader(path).file
+        with pytest.raises(ValueError, match="open for writing by another process"):
+            splits.read_metadata(path, ["x"])
+    finally:
+        writer.kill()
+        writer.wait()

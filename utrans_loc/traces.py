@@ -242,7 +242,7 @@ def trace_meta(attrs):
 
 def describe_open_error(file_name, err):
     """The one-line message for an HDF5 file h5py could not open for reading."""
-    if "lock" in str(err).lower():
+    if "unable to lock file" in str(err).lower():
         return (f"{file_name}: is open for writing by another process (HDF5 file lock): wait "
                 "until it has finished writing the file, then run again")
     return f"{file_name}: not a readable HDF5 file ({err})"
