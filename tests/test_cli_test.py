@@ -3,7 +3,12 @@
 import os
 
 import numpy as np
-from conftest import PARITY, READ, TEST, need, run_script
+import pytest
+from conftest import PARITY, READ, need, run_script, working_dir
+
+import EqT_utils_Loc_California as U
+import reader as rd
+import tester1 as te
 
 
 def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_path):
@@ -23,41 +28,40 @@ def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_pa
 
 
 def test_tester_warns_when_the_test_split_overlaps_training_and_the_reader_marks_it(
-        synthetic, trained, tmp_path):
+        synthetic, trained, tmp_path, capsys):
     train = np.load(synthetic["train"])
     leaky = np.concatenate([np.load(synthetic["test"]), train[:2]])
     np.save(tmp_path / "leaky_test.npy", leaky)
-    run = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", "leaky_test.npy",
-                     "--input_model", trained["best_weights"], "--output_name", "leak",
-                     "--verbose", "0", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    # No splits given: the ones recorded with the model (model_config.json) are used.
-    assert "tester1: warning: splits overlap, input_testset vs input_trainset: 2 shared trace" \
-           in run.stderr
-    report = (tmp_path / "leak_outputs" / "X_report.txt").read_text()
-    assert "split_overlap: input_testset vs input_trainset: 2 shared trace id(s)" in report
-    assert f"split_overlap_checked_against: input_trainset {os.path.abspath(synthetic['train'])}" \
-        in report
-    read = run_script(READ, "--input", "leak_outputs", "--no_figures", cwd=tmp_path)
-    assert read.returncode == 0, read.stderr[-2000:]
-    assert "model: (test set overlaps training: input_testset vs input_trainset" in read.stdout
-    assert "## Model (test set overlaps training)" in \
-        (tmp_path / "leak_outputs" / "metrics.md").read_text()
-
-    quiet = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", synthetic["test"],
-                       "--input_model", trained["best_weights"], "--output_name", "clean",
-                       "--verbose", "0", "--allow_overlap", cwd=tmp_path)
-    assert quiet.returncode == 0 and "overlap" not in quiet.stderr
-    assert "split_overlap: none found" in (tmp_path / "clean_outputs" / "X_report.txt").read_text()
-    read = run_script(READ, "--input", "clean_outputs", "--no_figures", cwd=tmp_path)
-    assert "overlaps training" not in read.stdout
+    common = dict(input_hdf5=synthetic["hdf5"], input_model=trained["best_weights"], verbose=0)
+    with working_dir(tmp_path):
+        te.tester1(input_testset="leaky_test.npy", output_name="leak", **common)
+        err = capsys.readouterr().err
+        # No splits given: the ones recorded with the model (model_config.json) are used.
+        assert "tester1: warning: splits overlap, input_testset vs input_trainset: 2 shared " \
+               "trace" in err
+        report = (tmp_path / "leak_outputs" / "X_report.txt").read_text()
+        assert "split_overlap: input_testset vs input_trainset: 2 shared trace id(s)" in report
+        assert "split_overlap_checked_against: input_trainset " \
+               f"{os.path.abspath(synthetic['train'])}" in report
+        read = rd.reader("leak_outputs", figures=False)
+        assert read["overlap"].startswith("input_testset vs input_trainset: 2 shared trace")
+        assert "## Model (test set overlaps training)" in \
+            (tmp_path / "leak_outputs" / "metrics.md").read_text()
+        te.tester1(input_testset=synthetic["test"], output_name="clean", allow_overlap=True,
+                   **common)
+        assert "overlap" not in capsys.readouterr().err
+        assert "split_overlap: none found" in \
+            (tmp_path / "clean_outputs" / "X_report.txt").read_text()
+        assert rd.reader("clean_outputs", figures=False)["overlap"] is None
+    shown = run_script(READ, "--input", "leak_outputs", "--no_figures", cwd=tmp_path)
+    assert "model: (test set overlaps training: input_testset vs input_trainset" in shown.stdout
 
 
 def test_a_test_split_naming_a_trace_twice_is_refused(synthetic, trained, tmp_path):
     ids = np.load(synthetic["test"])
     np.save(tmp_path / "twice.npy", np.concatenate([ids, ids[:1]]))
-    run = run_script(TEST, "--input_hdf5", synthetic["hdf5"], "--input_testset", "twice.npy",
-                     "--input_model", trained["best_weights"], "--output_name", "twice",
-                     cwd=tmp_path)
-    assert run.returncode == 2 and "twice.npy) names 1 trace(s) more than once" in run.stderr
+    with working_dir(tmp_path), pytest.raises(U.TraceError, match="twice.npy\\) names 1 "
+                                                                  "trace\\(s\\) more than once"):
+        te.tester1(input_hdf5=synthetic["hdf5"], input_testset="twice.npy",
+                   input_model=trained["best_weights"], output_name="twice", verbose=0)
     assert not (tmp_path / "twice_outputs").exists()

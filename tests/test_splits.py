@@ -1,17 +1,19 @@
 """utrans_loc/splits.py: split files read as data (never code), checked against the HDF5
 file and against each other before a run starts."""
 
+import dataclasses
 import os
 
 import h5py
+import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMALL_HEAD, TRAIN, run_script, working_dir
+from conftest import TRAIN, run_script
 
 import EqT_utils_Loc_California as U
 import trainer1 as tr
-from utrans_loc import splits, traces
+from utrans_loc import cli, splits, traces, training
 
 
 def test_noise_trace_in_split_is_an_error_naming_it(synthetic):
@@ -117,15 +119,22 @@ def test_trainer_warns_about_validation_overlapping_training(synthetic, tmp_path
     train = splits.load_ids(synthetic["train"])
     valid = np.concatenate([splits.load_ids(synthetic["valid"]), train[:3]])
     np.save(tmp_path / "valid_leaky.npy", valid)
-    with working_dir(tmp_path):
-        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
-                    input_validset="valid_leaky.npy", output_name="leaky", batch_size=8,
-                    epochs=1, foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
+    cfg = training.TrainConfig(**{**cli.defaults_of(tr.trainer1), "input_hdf5": synthetic["hdf5"],
+                                  "input_trainset": synthetic["train"],
+                                  "input_validset": str(tmp_path / "valid_leaky.npy")})
+    data = training.check_data(cfg)     # the step of trainer1 that reads and checks the splits
     err = capsys.readouterr().err
     assert "trainer1: warning: splits overlap, input_validset vs input_trainset: 3 shared trace" in err
-    report = (tmp_path / "leaky_outputs" / "X_report.txt").read_text()
-    assert "split_overlap: input_validset vs input_trainset: 3 shared trace id(s)" in report
     assert "--allow_overlap" in err
+    assert data["overlap"][0].startswith("input_validset vs input_trainset: 3 shared trace id(s)")
+    report = dict(training.report_items(cfg, data, keras.Sequential([keras.Input((1,)),
+                                                               keras.layers.Dense(1)]),
+                                        "none", {"history": {}, "best_epoch": None,
+                                                 "best_loss": None, "best_weights": None,
+                                                 "time_s": 0.0}))
+    assert report["split_overlap"].startswith("input_validset vs input_trainset: 3 shared trace")
+    quiet = training.check_data(dataclasses.replace(cfg, allow_overlap=True))
+    assert quiet["overlap"] == data["overlap"] and capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------- what new users feed it
