@@ -1,7 +1,7 @@
 """Quick-start demo: synthetic California set -> trainer1 -> tester1 -> reader.
 
 Runs the four stage scripts exactly as a user would, in ``./demo_run/``, and
-prints the metrics table last. On a 2-core CPU it takes about 12 minutes. The
+prints the metrics table last. On a 2-core CPU it takes 13 to 25 minutes. The
 tester's Monte-Carlo error bars are calibrated on the validation split
 (``--calibration_set valid_Events.npy``), so the report shows the raw and the
 calibrated coverage side by side.
