@@ -11,8 +11,9 @@ parameters) at learning rate 1e-3: the published head (512 filters, depth 10,
 lr 1e-4) trains at ~13 traces/s on such a CPU and does not learn within
 minutes. trainer1's defaults stay the published ones. The foundation weights
 are taken from --foundation_weights, $UTRANS_WEIGHTS or
-weights/UTrans_Foundation.h5; without them the demo says so and starts from
-random initialisation.
+weights/UTrans_Foundation.h5, else the official file is fetched once into the
+cache and verified; where it cannot be fetched (no network) the demo says so
+and starts from random initialisation.
 """
 
 import argparse
@@ -31,13 +32,16 @@ DEFAULT_WEIGHTS = os.path.join("weights", "UTrans_Foundation.h5")
 
 def _weights(value):
     """The foundation weights to use, or 'none' (said out loud)."""
-    candidate = value or os.environ.get("UTRANS_WEIGHTS") or os.path.join(ROOT, DEFAULT_WEIGHTS)
-    if candidate.lower() != "none" and os.path.isfile(candidate):
-        return os.path.abspath(candidate)
-    print(f"demo: official U-Trans weights not found ({candidate}); running from random "
-          "initialisation. Download UTrans_Foundation.h5 from the U-Trans repository "
-          "(weights/UTrans_Foundation.h5) into weights/ to start from the foundation.")
-    return "none"
+    if value is not None:   # named: trainer1 checks it and warns if it is not the official file
+        return value if value.strip().lower() in ("none", "") else os.path.abspath(value)
+    import utrans_backbone as ub
+
+    try:
+        path = ub.resolve_foundation_weights(None, default=os.path.join(ROOT, DEFAULT_WEIGHTS))
+    except FileNotFoundError as err:
+        print(f"demo: {err}\ndemo: running from random initialisation instead.", flush=True)
+        return "none"
+    return "none" if path is None else os.path.abspath(path)
 
 
 def _run(label, script, args, cwd, capture=False):
@@ -63,7 +67,8 @@ def main(argv=None):
     p.add_argument("--convmixer_depth", type=int, default=4, help="reduced head depth")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="base learning rate")
     p.add_argument("--foundation_weights", default=None,
-                   help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5)")
+                   help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5, "
+                        "else the official file fetched into the cache; 'none': random init)")
     p.add_argument("--number_of_sampling", type=int, default=20,
                    help="Monte-Carlo dropout passes of the tester, error bars calibrated on "
                         "the validation split (0: deterministic only)")
@@ -77,7 +82,11 @@ def main(argv=None):
             print(f"demo: {os.path.join(work, name)} exists from an earlier demo; it is kept. "
                   "Move it away or pass --workdir NEW_FOLDER.", file=sys.stderr)
             return 2
-    weights = _weights(args.foundation_weights)
+    try:
+        weights = _weights(args.foundation_weights)
+    except (ValueError, OSError) as err:   # a weights/ or cached file that is not the official one
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2
     print("demo configuration: "
           f"{args.n_traces} synthetic traces from {args.n_stations} stations, head "
           f"{args.convmixer_filters} filters x depth {args.convmixer_depth} (published: 512 x 10), "

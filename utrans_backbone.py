@@ -16,13 +16,17 @@ build_foundation(input_shape=(6000, 3), d1=5, weights=None) -> keras.Model
 latent_model(foundation) -> keras.Model               # (B, 75, 80)
 decoder_stream(latent, ...) -> tensor                  # (B, 6000, 1)
 load_legacy_h5_weights(model, path) -> dict            # strict, order-based
-resolve_foundation_weights(value=None) -> str | None   # CLI/env/default
+resolve_foundation_weights(value=None) -> str | None   # CLI/env/default/cache
+fetch_foundation_weights(url=None, cache_dir=None) -> str   # download once, verified
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import sys
+import urllib.error
 import warnings
 from pathlib import Path
 
@@ -37,6 +41,15 @@ WEIGHTS_ENV = "UTRANS_WEIGHTS"
 LATENT_NAME = "utrans_latent"
 # convF1's closing Dropout is never active upstream; Monte-Carlo sampling keeps it off.
 FROZEN_DROPOUT_PREFIX = "convf1_dropout"
+# The official file, fetched on first use (HEAD: the repository's default branch;
+# the sha256 pins the content, so a changed upstream file is refused, not used).
+OFFICIAL_URL = ("https://raw.githubusercontent.com/omarmohamed15/"
+                "U-Trans-Foundation-For-Seismic-Waveform-Representation/HEAD/"
+                "weights/UTrans_Foundation.h5")
+URL_ENV = "UTRANS_WEIGHTS_URL"        # another origin (a mirror, or file:// in tests)
+CACHE_ENV = "UTRANS_CACHE_DIR"        # cache folder (default: Keras' ~/.keras)
+CACHE_SUBDIR = "utrans"
+FETCH_TIMEOUT_S = 60
 DOWNLOAD_HINT = (
     "download it from the U-Trans repository "
     "(omarmohamed15/U-Trans-Foundation-For-Seismic-Waveform-Representation, "
@@ -319,21 +332,120 @@ def weights_provenance(path):
     return f"{path} ({kind}, sha256 {digest})"
 
 
-def resolve_foundation_weights(value=None):
+def _say(message):
+    print(f"foundation weights: {message}", file=sys.stderr, flush=True)
+
+
+def cached_weights_path(cache_dir=None):
+    """Where :func:`fetch_foundation_weights` keeps the official file."""
+    base = (cache_dir or os.environ.get(CACHE_ENV) or os.environ.get("KERAS_HOME")
+            or os.path.join("~", ".keras"))   # Keras' own cache home
+    return Path(os.path.expanduser(base)) / CACHE_SUBDIR / "UTrans_Foundation.h5"
+
+
+def fetch_foundation_weights(url=None, cache_dir=None, log=_say):
+    """The official ``UTrans_Foundation.h5``, downloaded once into a cache and verified.
+
+    Parameters
+    ----------
+    url : str, optional
+        Origin; default ``$UTRANS_WEIGHTS_URL``, else :data:`OFFICIAL_URL`
+        (``file://`` works too: tests and offline mirrors).
+    cache_dir : str, optional
+        Cache folder; default ``$UTRANS_CACHE_DIR``, else Keras' home
+        (``$KERAS_HOME`` or ``~/.keras``). The file is ``<cache_dir>/utrans/UTrans_Foundation.h5``.
+    log : callable
+        Gets the one line that says where the weights came from.
+
+    Returns
+    -------
+    str
+        Path of the cached file, whose sha256 is :data:`OFFICIAL_SHA256`.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file could not be fetched (no network, bad URL); the message says
+        how to get it by hand.
+    WeightsFileError
+        The fetched file's sha256 is not the official one (message: file,
+        both hashes); it is never used.
+    """
+    url = url or os.environ.get(URL_ENV) or OFFICIAL_URL
+    target = cached_weights_path(cache_dir)
+    if target.is_file() and sha256_of(target) == OFFICIAL_SHA256:
+        log(f"{target} (cached official release, sha256 verified)")
+        return str(target)
+    if target.is_file():
+        log(f"cached {target} has sha256 {sha256_of(target)}, not the official "
+            f"{OFFICIAL_SHA256}: fetching it again")
+    try:   # get_file silently falls back to /tmp when the cache folder is missing
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the weights cache folder {target.parent} ({err}); set "
+                      f"{CACHE_ENV} to a writable folder") from None
+    # urlretrieve has no timeout of its own; a dead network must fail, not hang.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(FETCH_TIMEOUT_S)
+    try:
+        path = keras.utils.get_file(
+            fname=target.name, origin=url, file_hash=OFFICIAL_SHA256,
+            hash_algorithm="sha256", cache_dir=str(target.parent.parent),
+            cache_subdir=CACHE_SUBDIR)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:   # get_file re-raises URL errors as plain Exception
+        if target.is_file() and sha256_of(target) != OFFICIAL_SHA256:
+            raise WeightsFileError(
+                f"{target}: fetched from {url} but its sha256 is {sha256_of(target)}, not "
+                f"the official {OFFICIAL_SHA256}; it is not used") from None
+        raise FileNotFoundError(
+            f"U-Trans foundation weights are not here and could not be fetched from {url} "
+            f"({err}); {DOWNLOAD_HINT}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    log(f"fetched {url} into {path} (sha256 verified)")
+    return str(path)
+
+
+def resolve_foundation_weights(value=None, log=_say, default=DEFAULT_WEIGHTS):
     """Where the foundation weights come from.
 
     Precedence: an explicit ``value`` (``--foundation_weights``), then the
-    ``UTRANS_WEIGHTS`` environment variable, then ``weights/UTrans_Foundation.h5``.
-    The strings 'none' / '' mean random initialisation (returns None, warns).
-    An explicit path that does not exist is an error; a missing default is
-    also an error, with download instructions.
+    ``UTRANS_WEIGHTS`` environment variable, then ``weights/UTrans_Foundation.h5``,
+    then the official file fetched into the cache
+    (:func:`fetch_foundation_weights`). The strings 'none' / '' mean random
+    initialisation (returns None, warns).
+
+    A file named by ``--foundation_weights`` or ``UTRANS_WEIGHTS`` that is not
+    the official release is used with a warning (fine-tuned foundations are
+    legitimate); ``weights/UTrans_Foundation.h5`` and the cache must be the
+    official file, or this raises :class:`WeightsFileError` naming the file and
+    both hashes. A named path that does not exist is an error. ``default``
+    is the weights/ path to look at (the demo passes the repository's).
     """
-    if value is None:
-        value = os.environ.get(WEIGHTS_ENV, DEFAULT_WEIGHTS)
-    if str(value).strip().lower() in ("none", ""):
-        warnings.warn("foundation weights: none -> the U-Trans backbone starts from "
-                      "random initialisation (not the pretrained foundation)", stacklevel=2)
-        return None
-    if not Path(value).is_file():
-        raise FileNotFoundError(f"U-Trans foundation weights not found: {value}; {DOWNLOAD_HINT}")
-    return str(value)
+    named = value if value is not None else os.environ.get(WEIGHTS_ENV)
+    if named is not None:
+        if str(named).strip().lower() in ("none", ""):
+            warnings.warn("foundation weights: none -> the U-Trans backbone starts from "
+                          "random initialisation (not the pretrained foundation)", stacklevel=2)
+            return None
+        if not Path(named).is_file():
+            raise FileNotFoundError(f"U-Trans foundation weights not found: {named}; "
+                                    f"{DOWNLOAD_HINT}")
+        digest = sha256_of(named)
+        if digest != OFFICIAL_SHA256:
+            warnings.warn(f"foundation weights {named} are NOT the official release (sha256 "
+                          f"{digest}, official {OFFICIAL_SHA256}); used because they were "
+                          "named explicitly", stacklevel=2)
+        return str(named)
+    if Path(default).is_file():
+        digest = sha256_of(default)
+        if digest != OFFICIAL_SHA256:
+            raise WeightsFileError(
+                f"{default}: sha256 {digest} is not the official release's "
+                f"{OFFICIAL_SHA256}; replace it with the official file, or pass "
+                f"--foundation_weights {default} to use it anyway")
+        log(f"{default} (official release, sha256 verified)")
+        return str(default)
+    return fetch_foundation_weights(log=log)

@@ -130,8 +130,12 @@ def trainer1(input_hdf5=None,
     max_d, min_d : float
         Depth normalisation range in km (California: 114.5, 1e-5).
     foundation_weights : str or None
-        ``UTrans_Foundation.h5``; None: the ``UTRANS_WEIGHTS`` variable or
-        ``weights/UTrans_Foundation.h5``; 'none': random initialisation.
+        ``UTrans_Foundation.h5`` (a file that is not the official release is
+        used with a warning); None: the ``UTRANS_WEIGHTS`` variable, else
+        ``weights/UTrans_Foundation.h5`` (must be the official file), else the
+        official file fetched once into the cache (``$UTRANS_CACHE_DIR``,
+        default ``~/.keras/utrans``) and verified by sha256; 'none': random
+        initialisation.
     learning_rate : float
         Base of the step schedule (1e-4).
     convmixer_filters, convmixer_depth, convmixer_kernel, convmixer_patch : int
@@ -222,7 +226,9 @@ def build_parser():
     p.add_argument("--min_d", type=float, default=d["min_d"], help="depth normalisation minimum (km)")
     p.add_argument("--foundation_weights", default=d["foundation_weights"],
                    help="UTrans_Foundation.h5 path, or 'none' for random init "
-                        f"(default: ${ub.WEIGHTS_ENV}, else {ub.DEFAULT_WEIGHTS})")
+                        f"(default: ${ub.WEIGHTS_ENV}, else {ub.DEFAULT_WEIGHTS}, else the "
+                        f"official file fetched into ${ub.CACHE_ENV} or ~/.keras/utrans, "
+                        "sha256-verified)")
     p.add_argument("--learning_rate", type=float, default=d["learning_rate"],
                    help="base of the learning-rate schedule")
     cli.add_head_options(p, d)

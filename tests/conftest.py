@@ -5,6 +5,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -26,6 +27,14 @@ STEAD_SAMPLE = FIXTURES / "stead_sample" / "waveforms.hdf5"
 PARITY = FIXTURES / "upstream_parity"
 SAMPLE_CSV = STEAD_SAMPLE.parent / "metadata.csv"
 
+# No test reaches the network or the user's weights cache (stage scripts inherit
+# this): the weights origin is a file:// URL that exists only where a test puts
+# a copy of the fixture there (see ``weights_origin``).
+_ISOLATED = Path(tempfile.mkdtemp(prefix="utrans_tests_"))
+os.environ["UTRANS_CACHE_DIR"] = str(_ISOLATED / "cache")
+os.environ["UTRANS_WEIGHTS_URL"] = (_ISOLATED / "no_origin" / "UTrans_Foundation.h5").as_uri()
+os.environ.pop("UTRANS_WEIGHTS", None)
+
 # The attributes of a DataCollected trace, as upstream names them.
 UPSTREAM_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth", "magnitude",
                   "magnitude_type", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
@@ -41,6 +50,20 @@ def need(path):
         pytest.skip(f"fixture not found: {path} (the tests expect ../shared/fixtures "
                     "beside the repository)")
     return str(path)
+
+
+@pytest.fixture
+def weights_origin(tmp_path, monkeypatch):
+    """A file:// origin holding a copy of the official weights, and an empty cache."""
+    import shutil
+
+    origin = tmp_path / "origin" / "UTrans_Foundation.h5"
+    origin.parent.mkdir()
+    shutil.copyfile(need(FOUNDATION_H5), origin)
+    monkeypatch.setenv("UTRANS_WEIGHTS_URL", origin.as_uri())
+    monkeypatch.setenv("UTRANS_CACHE_DIR", str(tmp_path / "cache"))
+    return {"origin": origin, "url": origin.as_uri(),
+            "cached": tmp_path / "cache" / "utrans" / "UTrans_Foundation.h5"}
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """U-Trans foundation: structure, official weights, parity with upstream, loader errors."""
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -116,16 +118,90 @@ def test_weights_path_precedence(tmp_path, monkeypatch):
     env = tmp_path / "env.h5"
     env.write_bytes(b"x")
     monkeypatch.setenv(ub.WEIGHTS_ENV, str(env))
-    assert ub.resolve_foundation_weights(str(real)) == str(real)
-    assert ub.resolve_foundation_weights(None) == str(env)
+    # Named files that are not the official release: used, with a warning naming both hashes.
+    with pytest.warns(UserWarning, match=f"NOT the official release.*{ub.OFFICIAL_SHA256}"):
+        assert ub.resolve_foundation_weights(str(real)) == str(real)
+    with pytest.warns(UserWarning, match="env.h5 are NOT the official"):
+        assert ub.resolve_foundation_weights(None) == str(env)
     monkeypatch.delenv(ub.WEIGHTS_ENV)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="U-Trans repository"):
+    # Nothing named, no weights/ file, and the origin unreachable (conftest).
+    with pytest.raises(FileNotFoundError, match="could not be fetched.*U-Trans repository"):
         ub.resolve_foundation_weights(None)
     with pytest.warns(UserWarning, match="random initialisation"):
         assert ub.resolve_foundation_weights("none") is None
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         ub.resolve_foundation_weights(str(tmp_path / "missing.h5"))
+
+
+def test_default_weights_file_must_be_the_official_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / ub.DEFAULT_WEIGHTS).write_bytes(b"not the release")
+    bad = ub.sha256_of(ub.DEFAULT_WEIGHTS)
+    with pytest.raises(ub.WeightsFileError, match=f"{ub.DEFAULT_WEIGHTS}: sha256 {bad} is not "
+                                                  f"the official release's {ub.OFFICIAL_SHA256}"):
+        ub.resolve_foundation_weights(None)
+    with pytest.warns(UserWarning, match="NOT the official"):   # named explicitly: allowed
+        assert ub.resolve_foundation_weights(ub.DEFAULT_WEIGHTS) == ub.DEFAULT_WEIGHTS
+    shutil.copyfile(need(FOUNDATION_H5), ub.DEFAULT_WEIGHTS)
+    said = []
+    assert ub.resolve_foundation_weights(None, log=said.append) == ub.DEFAULT_WEIGHTS
+    assert said == [f"{ub.DEFAULT_WEIGHTS} (official release, sha256 verified)"]
+
+
+def test_weights_fetched_once_verified_and_refetched_when_corrupted(weights_origin):
+    said = []
+    path = ub.resolve_foundation_weights(None, log=said.append)
+    assert path == str(weights_origin["cached"])
+    assert ub.sha256_of(path) == ub.OFFICIAL_SHA256
+    assert said == [f"fetched {weights_origin['url']} into {path} (sha256 verified)"]
+    weights_origin["origin"].unlink()   # the second call must not need the origin
+    assert ub.fetch_foundation_weights(log=said.append) == path
+    assert said[-1] == f"{path} (cached official release, sha256 verified)"
+    # A corrupted cache (a cut download, a flipped byte) is detected and fetched again.
+    shutil.copyfile(need(FOUNDATION_H5), weights_origin["origin"])
+    with open(path, "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\x00\x01\x02\x03")
+    corrupted = ub.sha256_of(path)
+    assert ub.fetch_foundation_weights(log=said.append) == path
+    assert said[-2] == (f"cached {path} has sha256 {corrupted}, not the official "
+                        f"{ub.OFFICIAL_SHA256}: fetching it again")
+    assert ub.sha256_of(path) == ub.OFFICIAL_SHA256
+
+
+def test_fetched_file_with_another_hash_is_never_used(weights_origin):
+    weights_origin["origin"].write_bytes(b"a mirror serving something else")
+    wrong = hashlib.sha256(b"a mirror serving something else").hexdigest()
+    with pytest.raises(ub.WeightsFileError) as err:
+        ub.resolve_foundation_weights(None, log=lambda m: None)
+    message = str(err.value)
+    assert str(weights_origin["cached"]) in message and wrong in message
+    assert ub.OFFICIAL_SHA256 in message and "not used" in message
+    # The next call does not take the bad cached file either.
+    with pytest.raises(ub.WeightsFileError):
+        ub.fetch_foundation_weights(log=lambda m: None)
+
+
+def test_weights_cache_folder_that_cannot_be_made(tmp_path, weights_origin):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=f"{ub.CACHE_ENV} to a writable folder"):
+        ub.fetch_foundation_weights(cache_dir=str(blocker / "cache"))
+
+
+def test_demo_fetches_weights_or_says_it_starts_from_random(weights_origin, monkeypatch, capsys):
+    import demo
+
+    assert demo._weights(None) == str(weights_origin["cached"])
+    assert "fetched" in capsys.readouterr().err
+    monkeypatch.setenv("UTRANS_WEIGHTS_URL", (weights_origin["origin"].parent / "gone.h5").as_uri())
+    monkeypatch.setenv("UTRANS_CACHE_DIR", str(weights_origin["origin"].parent / "empty"))
+    assert demo._weights(None) == "none"
+    out = capsys.readouterr().out
+    assert "could not be fetched" in out and "running from random initialisation" in out
+    assert demo._weights("none") == "none"
 
 
 def test_stochastic_depth_drops_whole_samples():

@@ -45,3 +45,30 @@ def test_trainer_rejects_noise_trace_in_training_split(synthetic, tmp_path):
     assert run.returncode == 2
     assert synthetic["noise_ids"][0] in run.stderr
     assert not (tmp_path / "bad_outputs").exists()
+
+
+def test_trainer_fetches_the_official_weights_when_none_are_given(synthetic, tmp_path,
+                                                                  weights_origin, capsys):
+    # In-process and one batch per epoch: what is tested is where the weights come from.
+    train, valid = tmp_path / "train8.npy", tmp_path / "valid8.npy"
+    np.save(train, np.load(synthetic["train"])[:8])
+    np.save(valid, np.load(synthetic["valid"])[:8])
+    with working_dir(tmp_path):
+        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=str(train),
+                    input_validset=str(valid), output_name="fetched", epochs=1, batch_size=8,
+                    convmixer_filters=16, convmixer_depth=2, verbose=0)
+    cached = weights_origin["cached"]
+    assert f"foundation weights: fetched {weights_origin['url']} into {cached} (sha256 verified)" \
+        in capsys.readouterr().err
+    report = (tmp_path / "fetched_outputs" / "X_report.txt").read_text()
+    assert f"foundation_weights_used: {cached} (official U-Trans release" in report
+
+
+def test_trainer_without_weights_or_network_says_how_to_get_them(synthetic, tmp_path):
+    run = run_script("01_train/trainer1.py", "--input_hdf5", synthetic["hdf5"], "--input_trainset",
+                     synthetic["train"], "--input_validset", synthetic["valid"], "--output_name",
+                     "offline", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "could not be fetched" in run.stderr and "--foundation_weights none" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "offline_outputs").exists()

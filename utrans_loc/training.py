@@ -237,9 +237,11 @@ def build_model(cfg, weights, run_):
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse",
                       metrics=["mae"],
                       jit_compile="auto" if cfg.jit_compile is None else bool(cfg.jit_compile))
+        # Built now, not in the first step: tf.function traces a step that creates
+        # variables twice (about 20 s for this model on a CPU), and a resume needs
+        # them to exist before the snapshot restores them.
+        model.optimizer.build(model.trainable_variables)
         if run_.state:
-            # Optimizer variables exist only once built; then the snapshot restores them.
-            model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(run_.state_dir, run_.state["weights"]))
     return model
 
