@@ -26,7 +26,6 @@ import hashlib
 import os
 import socket
 import sys
-import urllib.error
 import warnings
 from pathlib import Path
 

@@ -72,33 +72,15 @@ def build_parser():
 def main(argv=None):
     """Run the command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    prog = "build_california.py"
     from stead_california import build_california
 
-    def log(message):
-        print(f"{prog}: {message}", file=sys.stderr)
-
-    try:
-        out = build_california(
-            args.stead_hdf5, args.stead_csv, args.output_hdf5, args.output_dir,
-            region_mode=args.region_mode, region=args.region, min_snr_db=args.min_snr_db,
-            max_distance_km=args.max_distance_km, min_magnitude=args.min_magnitude,
-            split=args.split, seed=args.seed, shard_size=args.shard_size,
-            csv_chunk_rows=args.csv_chunk_rows, progress=not args.no_progress, log=log)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        log(f"interrupted; finished work is kept in {args.output_hdf5}.partial/: run the same "
-            "command again to resume")
-        return 130
-    except (FileNotFoundError, FileExistsError, ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(Path(out["paths"]["report"]).read_text(), end="")
-    print("wrote " + ", ".join(out["paths"].values()))
-    return 0
+    return cli.run_builder(build_california, dict(
+        stead_hdf5=args.stead_hdf5, stead_csv=args.stead_csv, output_hdf5=args.output_hdf5,
+        output_dir=args.output_dir, region_mode=args.region_mode, region=args.region,
+        min_snr_db=args.min_snr_db, max_distance_km=args.max_distance_km,
+        min_magnitude=args.min_magnitude, split=args.split, seed=args.seed,
+        shard_size=args.shard_size, csv_chunk_rows=args.csv_chunk_rows,
+        progress=not args.no_progress), "build_california.py", args.output_hdf5, args.debug)
 
 
 if __name__ == "__main__":

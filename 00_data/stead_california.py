@@ -53,7 +53,7 @@ from utrans_loc.files import atomic_save  # noqa: E402
 __all__ = [
     "CA_POLYGON", "CA_BBOX", "Region", "make_region", "SkipTrace",
     "check_inputs", "select_traces", "process_trace", "build_california",
-    "output_paths", "split_summary",
+    "SteadSource", "build_dataset", "output_paths", "split_summary",
 ]
 
 DIM = (6000, 3)
@@ -112,8 +112,8 @@ class Region:
 
     Parameters
     ----------
-    mode : {'polygon', 'bbox'}
-        Kind of region.
+    mode : {'polygon', 'bbox', 'all'}
+        Kind of region ('all': every place with finite coordinates).
     vertices : array (N, 2), optional
         (lat, lon) vertices of the polygon (``mode='polygon'``).
     bounds : tuple of 4 floats, optional
@@ -131,8 +131,8 @@ class Region:
             self._path = MplPath(self.vertices[:, ::-1])   # (x, y) = (lon, lat)
         elif mode == "bbox":
             self.bounds = tuple(float(b) for b in bounds)
-        else:
-            raise ValueError(f"region mode must be 'polygon' or 'bbox', got {mode!r}")
+        elif mode != "all":
+            raise ValueError(f"region mode must be 'polygon', 'bbox' or 'all', got {mode!r}")
 
     def contains(self, lat, lon):
         """Boolean array: points inside the region (NaN coordinates: False)."""
@@ -140,7 +140,9 @@ class Region:
         lon = np.atleast_1d(np.asarray(lon, dtype=float))
         ok = np.isfinite(lat) & np.isfinite(lon)
         inside = np.zeros(lat.shape, dtype=bool)
-        if self.mode == "bbox":
+        if self.mode == "all":
+            inside = ok
+        elif self.mode == "bbox":
             la0, la1, lo0, lo1 = self.bounds
             inside[ok] = (lat[ok] >= la0) & (lat[ok] <= la1) & (lon[ok] >= lo0) & (lon[ok] <= lo1)
         elif ok.any():
@@ -149,6 +151,8 @@ class Region:
 
     def describe(self):
         """One line for reports and the resume manifest."""
+        if self.mode == "all":
+            return f"{self.name} (no region selection)"
         if self.mode == "bbox":
             return f"{self.name} bbox lat {self.bounds[0]:g}..{self.bounds[1]:g}, " \
                    f"lon {self.bounds[2]:g}..{self.bounds[3]:g}"
@@ -471,7 +475,7 @@ def _save_npy(path, ids):
         np.save(fh, np.asarray(ids, dtype=str))
 
 
-def _file_id(path):
+def file_id(path):
     st = os.stat(path)
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -516,25 +520,25 @@ def _open_work_dir(work, manifest):
     return False
 
 
-def _selection(work, csvs, region, filters, chunk_rows, log):
+def _selection(work, source, region, log):
     """Select once; a resumed run reads the saved list (same traces, same order)."""
     sel_path, rej_path, cnt_path = (work / "selection.csv", work / "selection_rejected.csv",
                                     work / "selection.json")
     if cnt_path.exists():   # written last: the other two are complete
-        selected = pd.read_csv(sel_path, usecols=["trace_name", "input"],
-                               dtype={"trace_name": str, "input": int})
+        selected = pd.read_csv(sel_path, usecols=list(source.selection_columns),
+                               dtype={"trace_name": str, "input": int, "split": str})
         rejected = pd.read_csv(rej_path, dtype={"trace_name": str, "input": int, "kind": str,
                                                 "reason": str})
         return selected, rejected, json.loads(cnt_path.read_text())
-    log("selecting traces from " + ", ".join(csvs))
-    selected, rejected, counts = select_traces(csvs, region, chunk_rows=chunk_rows, **filters)
+    log("selecting traces from " + ", ".join(source.selection_inputs))
+    selected, rejected, counts = source.select(region)
     atomic_save(sel_path, lambda p: selected.to_csv(p, index=False))
     atomic_save(rej_path, lambda p: rejected.to_csv(p, index=False))
     atomic_save(cnt_path, lambda p: Path(p).write_text(json.dumps(counts, indent=2)))
     return selected, rejected, counts
 
 
-def _write_shard(rows, readers, region, path, bar, budget):
+def _write_shard(rows, readers, source, region, path, bar, budget):
     """Process and write one shard (trace by trace); returns the traces processed.
 
     The shard goes to ``<path>.tmp`` and is renamed when complete, after its
@@ -543,16 +547,16 @@ def _write_shard(rows, readers, region, path, bar, budget):
     tmp = path.with_name(path.name + ".tmp")
     records = []
     with h5py.File(tmp, "w") as out:
-        for trace_name, index in zip(rows["trace_name"], rows["input"]):
+        for row in rows.to_dict("records"):
+            trace_name, index = row["trace_name"], row["input"]
             if budget is not None:
                 if budget[0] <= 0:
                     raise KeyboardInterrupt("interrupt_after reached")
                 budget[0] -= 1
-            reader = readers[int(index)]
             try:
-                data, attrs = process_trace(reader, trace_name, region)
+                data, attrs = source.process(readers, row, region)
             except SkipTrace as skip:
-                attrs = None if skip.kind == "missing" else reader.attrs(trace_name)
+                attrs = None if skip.kind == "missing" else source.skipped_attrs(readers, row)
                 records.append(_record(trace_name, index, attrs, "skipped", skip.kind,
                                        skip.reason))
             else:
@@ -569,7 +573,7 @@ def _write_shard(rows, readers, region, path, bar, budget):
     return len(records)
 
 
-def _process(work, selected, hdf5s, region, shard_size, progress, log, interrupt_after):
+def _process(work, selected, source, region, shard_size, progress, log, interrupt_after):
     """Write every shard not yet written; returns (shard paths, processed, seconds, resumed)."""
     n_shards = math.ceil(len(selected) / shard_size)
     shards = [work / f"shard_{k:06d}.h5" for k in range(n_shards)]
@@ -578,18 +582,19 @@ def _process(work, selected, hdf5s, region, shard_size, progress, log, interrupt
     done = [p.exists() for p in shards]
     if any(done):
         log(f"resuming: {sum(done)} of {n_shards} shards already written in {work}")
-    readers = [T.H5Reader(p) for p in hdf5s]
+    readers = source.open()
     budget = None if interrupt_after is None else [int(interrupt_after)]
     n_done = sum(len(selected.iloc[k * shard_size:(k + 1) * shard_size])
                  for k in range(n_shards) if done[k])
     processed, t0 = 0, time.time()
-    bar = tqdm(total=len(selected), initial=n_done, unit="trace", desc="California traces",
+    bar = tqdm(total=len(selected), initial=n_done, unit="trace", desc="traces",
                disable=not progress, mininterval=0.5)
     try:
         for k in range(n_shards):
             if not done[k]:
                 rows = selected.iloc[k * shard_size:(k + 1) * shard_size]
-                processed += _write_shard(rows, readers, region, shards[k], bar, budget)
+                processed += _write_shard(rows, readers, source, region, shards[k], bar,
+                                          budget)
     finally:
         bar.close()
         for reader in readers:
@@ -612,7 +617,7 @@ def _merge(shards, dest):
     atomic_save(dest, write)
 
 
-def _records(shards, rejected, hdf5s):
+def _records(shards, rejected, source):
     """Written traces and the skip list (CSV rejections + traces skipped on reading)."""
     text = dict.fromkeys(("trace_name", "status", "kind", "reason", "network_code",
                           "receiver_code", "source_id", "group_key"), str)
@@ -622,7 +627,7 @@ def _records(shards, rejected, hdf5s):
     skipped = pd.concat([rejected, records.loc[records["status"] == "skipped",
                                                ["trace_name", "input", "kind", "reason"]]],
                         ignore_index=True)
-    skipped.insert(1, "input_hdf5", [hdf5s[int(i)] for i in skipped["input"]])
+    skipped.insert(1, "input_hdf5", [source.input_label(i) for i in skipped["input"]])
     return written, skipped.drop(columns="input")
 
 
@@ -640,21 +645,15 @@ def split_summary(traces):
 def _report_text(info):
     c, s = info["counts"], info["selection"]
     lines = [
-        "build_california report",
-        f"inputs: {', '.join(f'{h} + {v}' for h, v in info['inputs'])}",
+        f"{info['title']} report",
+        *info["inputs"],
         f"region: {info['region']}",
-        f"filters: {info['filters']}",
-        f"split (fractions of events): {info['split']}, seed {info['seed']}",
-        f"rows in: {s['rows_in']} (per file: {s['rows_in_per_file']}); categories: "
-        f"{s['categories']}",
-        f"earthquake_local: {s['earthquake_local']}; removed: missing coordinates (CSV) "
-        f"{s['missing_coordinates']}, outside the region {s['outside_region']}, min_snr_db "
-        f"{s['below_min_snr_db']}, max_distance_km {s['above_max_distance_km']}, min_magnitude "
-        f"{s['below_min_magnitude']}, duplicates {s['duplicates']}",
+        info["split_text"],
+        *info["selection_lines"],
         f"selected: {s['selected']}; written (rows out): {c['written']}; skipped on reading: "
         f"{c['skipped_reading']}; skip list by kind: {c['skipped_by_kind']}",
         f"events: {c['events']}; traces per split: {c['splits']}; events per split: "
-        f"{c['split_events']}",
+        f"{c['split_events']}; events in more than one split: {c['events_in_two_splits']}",
         f"time: {info['time_s']:.1f} s; traces processed in this run: {info['processed']} "
         f"({info['traces_per_s']:.1f} traces/s); shards resumed: {info['shards_resumed']}",
         "",
@@ -730,20 +729,104 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     (a few hundred bytes per selected trace); disk needs about twice the
     output size until the end (shards + merged file).
     """
-    start = time.time()
-    log = log or (lambda message: None)
     filters = {"min_snr_db": min_snr_db, "max_distance_km": max_distance_km,
                "min_magnitude": min_magnitude}
-    split = _check_build_parameters(filters, split, shard_size, csv_chunk_rows)
+    for name, value in filters.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if int(csv_chunk_rows) < 1:
+        raise ValueError(f"csv_chunk_rows must be >= 1, got {csv_chunk_rows}")
+    _check_build_parameters(split, shard_size)
     region_obj = make_region(region_mode, region)
-    hdf5s, csvs = check_inputs(stead_hdf5, stead_csv, filters)
+    source = SteadSource(stead_hdf5, stead_csv, filters, int(csv_chunk_rows))
+    return build_dataset(source, output_hdf5, output_dir, region_obj, split=split, seed=seed,
+                         shard_size=shard_size, progress=progress, log=log,
+                         interrupt_after=interrupt_after)
+
+
+class SteadSource:
+    """STEAD pairs as the input of :func:`build_dataset`.
+
+    A source gives the builder its inputs (``inputs``, ``manifest``,
+    ``describe``), the selection (``select``, ``selection_columns``,
+    ``selection_report``) and one trace at a time (``open``, ``process``,
+    ``skipped_attrs``); ``fixed_splits`` may impose the splits.
+    """
+
+    title = "build_california"
+    selection_columns = ("trace_name", "input")
+
+    def __init__(self, stead_hdf5, stead_csv, filters, chunk_rows=100_000):
+        self.hdf5s, self.csvs = check_inputs(stead_hdf5, stead_csv, filters)
+        self.filters, self.chunk_rows = filters, int(chunk_rows)
+
+    @property
+    def inputs(self):
+        return self.hdf5s + self.csvs
+
+    @property
+    def selection_inputs(self):
+        return self.csvs
+
+    def manifest(self):
+        return {"inputs": [{"hdf5": file_id(h), "csv": file_id(c)}
+                           for h, c in zip(self.hdf5s, self.csvs)], "filters": self.filters}
+
+    def input_label(self, index):
+        return self.hdf5s[int(index)]
+
+    def describe(self):
+        return [f"inputs: {', '.join(f'{h} + {v}' for h, v in zip(self.hdf5s, self.csvs))}",
+                f"filters: {self.filters}"]
+
+    def select(self, region):
+        return select_traces(self.csvs, region, chunk_rows=self.chunk_rows, **self.filters)
+
+    def selection_report(self, s):
+        return [f"rows in: {s['rows_in']} (per file: {s['rows_in_per_file']}); categories: "
+                f"{s['categories']}",
+                f"earthquake_local: {s['earthquake_local']}; removed: missing coordinates (CSV) "
+                f"{s['missing_coordinates']}, outside the region {s['outside_region']}, "
+                f"min_snr_db {s['below_min_snr_db']}, max_distance_km "
+                f"{s['above_max_distance_km']}, min_magnitude {s['below_min_magnitude']}, "
+                f"duplicates {s['duplicates']}"]
+
+    def nothing_selected(self, s, region):
+        return (f"no trace selected from {', '.join(self.csvs)} ({s['rows_in']} rows, "
+                f"{s['earthquake_local']} earthquake_local, {s['outside_region']} outside the "
+                f"{region.name} region): check the region and filters")
+
+    def open(self):
+        return [T.H5Reader(p) for p in self.hdf5s]
+
+    def process(self, readers, row, region):
+        return process_trace(readers[int(row["input"])], row["trace_name"], region)
+
+    def skipped_attrs(self, readers, row):
+        return readers[int(row["input"])].attrs(row["trace_name"])
+
+    def fixed_splits(self, selected):
+        return None
+
+
+def build_dataset(source, output_hdf5, output_dir, region, split=(0.7, 0.1, 0.2), seed=0,
+                  shard_size=1000, progress=True, log=None, interrupt_after=None):
+    """The build steps every data builder shares, on one ``source`` (:class:`SteadSource`,
+    ``seisbench_data.SeisBenchSource``): select, process trace by trace into shards
+    (resumable), split by event (or as the source fixes), stage, commit.
+
+    Parameters and return value as :func:`build_california` (``region`` is a
+    :class:`Region`); ``interrupt_after`` is the testing hook described there.
+    """
+    start = time.time()
+    log = log or (lambda message: None)
+    split = _check_build_parameters(split, shard_size)
     paths = output_paths(output_hdf5, output_dir)
     work = Path(f"{paths['hdf5']}.partial")
-    _check_outputs(paths, hdf5s + csvs, output_dir, work)
-    manifest = {"format": _FORMAT,
-                "inputs": [{"hdf5": _file_id(h), "csv": _file_id(c)} for h, c in zip(hdf5s, csvs)],
+    _check_outputs(paths, source.inputs, output_dir, work)
+    manifest = {"format": _FORMAT, **source.manifest(),
                 "outputs": {k: str(Path(v).resolve()) for k, v in paths.items()},
-                "region": region_obj.describe(), "filters": filters, "split": list(split),
+                "region": region.describe(), "split": list(split),
                 "seed": int(seed), "shard_size": int(shard_size)}
     paths["hdf5"].parent.mkdir(parents=True, exist_ok=True)
     _open_work_dir(work, manifest)
@@ -752,29 +835,32 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
         log(f"finishing an interrupted run: moving the outputs out of {work}")
         return _finish(work, commit, paths)
 
-    # 1. Selection from the CSVs.
-    selected, rejected, sel_counts = _selection(work, csvs, region_obj, filters,
-                                                int(csv_chunk_rows), log)
+    # 1. Selection.
+    selected, rejected, sel_counts = _selection(work, source, region, log)
     if not len(selected):
         shutil.rmtree(work)
-        raise ValueError(f"no trace selected from {', '.join(csvs)} ({sel_counts['rows_in']} rows, "
-                         f"{sel_counts['earthquake_local']} earthquake_local, "
-                         f"{sel_counts['outside_region']} outside the {region_obj.name} region): "
-                         "check the region and filters")
+        raise ValueError(source.nothing_selected(sel_counts, region))
     # 2. Waveforms, trace by trace, into shards.
-    shards, processed, t_proc, resumed = _process(work, selected, hdf5s, region_obj,
+    shards, processed, t_proc, resumed = _process(work, selected, source, region,
                                                   int(shard_size), progress, log, interrupt_after)
-    # 3. Splits by event; every output staged in the work folder first.
-    written, skipped = _records(shards, rejected, hdf5s)
+    # 3. Splits by event (or the source's own); every output staged in the work folder first.
+    written, skipped = _records(shards, rejected, source)
     if not len(written):
         raise ValueError(f"all {len(selected)} selected traces were skipped (reasons in the "
                          f"shard_*.csv files in {work}); nothing to write")
-    parts, traces = _assign_splits(written, hdf5s, split, seed)
+    fixed = source.fixed_splits(selected)
+    parts, traces = _assign_splits(written, source, split, seed, fixed)
     staged = _stage_outputs(work, paths, shards, parts, traces, skipped, log)
-    info = {"inputs": list(zip(hdf5s, csvs)), "region": region_obj.describe(),
-            "filters": filters, "split": list(split), "seed": seed, "selection": sel_counts,
-            "counts": _counts(written, skipped, rejected, parts),
-            "per_network": split_summary(traces), "processed": processed,
+    counts = _counts(written, skipped, rejected, parts)
+    if counts["events_in_two_splits"]:
+        log(f"warning: {counts['events_in_two_splits']} event(s) have traces in more than one "
+            "split of the dataset's own split column (a leak between them)")
+    info = {"title": source.title, "inputs": source.describe(), "region": region.describe(),
+            "split": list(split), "seed": seed,
+            "split_text": "split: the dataset's own split column (train, dev -> valid, test)"
+            if fixed is not None else f"split (fractions of events): {list(split)}, seed {seed}",
+            "selection": sel_counts, "selection_lines": source.selection_report(sel_counts),
+            "counts": counts, "per_network": split_summary(traces), "processed": processed,
             "shards_resumed": resumed, "time_s": time.time() - start,
             "traces_per_s": processed / t_proc if processed and t_proc > 0 else math.nan}
     atomic_save(staged["report"], lambda p: Path(p).write_text(_report_text(info)))
@@ -784,26 +870,26 @@ def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode
     return {**_finish(work, commit, paths), **info}
 
 
-def _check_build_parameters(filters, split, shard_size, csv_chunk_rows):
-    """Reject bad filters and sizes before any work; returns the split fractions."""
-    for name, value in filters.items():
-        if value is not None and not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+def _check_build_parameters(split, shard_size):
+    """Reject bad sizes before any work; returns the split fractions."""
     if int(shard_size) < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if int(csv_chunk_rows) < 1:
-        raise ValueError(f"csv_chunk_rows must be >= 1, got {csv_chunk_rows}")
     return check_split_fractions(split)
 
 
-def _assign_splits(written, hdf5s, split, seed):
-    """Split the written traces by event; returns the 3 id arrays and the traces table
-    (with its ``split`` column); ``written`` gets the column too."""
-    parts = split_by_event(written["trace_name"].to_numpy(), written["group_key"].to_numpy(),
-                           split=split, seed=seed)
+def _assign_splits(written, source, split, seed, fixed=None):
+    """Split the written traces by event (or as ``fixed``: trace id -> split); returns the
+    3 id arrays and the traces table (with its ``split`` column); ``written`` gets the
+    column too."""
+    names = written["trace_name"].to_numpy()
+    if fixed is None:
+        parts = split_by_event(names, written["group_key"].to_numpy(), split=split, seed=seed)
+    else:
+        given = np.array([fixed[n] for n in names], dtype=str)
+        parts = tuple(np.asarray(names[given == s], dtype=str) for s in SPLITS)
     split_of = {name: s for s, ids in zip(SPLITS, parts) for name in ids}
     written.insert(1, "split", written["trace_name"].map(split_of))
-    written["input_hdf5"] = [hdf5s[int(i)] for i in written["input"]]
+    written["input_hdf5"] = [source.input_label(i) for i in written["input"]]
     return parts, written.drop(columns=["input", "status", "kind", "reason", "group_key"])
 
 
@@ -830,7 +916,9 @@ def _counts(written, skipped, rejected, parts):
             "events": int(written["group_key"].nunique()),
             "splits": {s: int(len(ids)) for s, ids in zip(SPLITS, parts)},
             "split_events": {s: int(written.loc[written["split"] == s, "group_key"].nunique())
-                             for s in SPLITS}}
+                             for s in SPLITS},
+            "events_in_two_splits": int((written.groupby("group_key")["split"].nunique() > 1)
+                                        .sum())}
 
 
 def _finish(work, commit, paths):

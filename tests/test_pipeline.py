@@ -106,7 +106,8 @@ def test_real_sample_end_to_end(tmp_path):
     assert res["metrics"].set_index("quantity").loc["epicentral_km", "mae"] > 0
 
 
-@pytest.mark.parametrize("script", ["00_data/make_synthetic.py", "01_train/trainer1.py",
+@pytest.mark.parametrize("script", ["00_data/make_synthetic.py", "00_data/build_from_seisbench.py",
+                                    "01_train/trainer1.py",
                                     "02_test/tester1.py", "03_read/reader.py"])
 def test_help(script, tmp_path):
     run = run_script(script, "--help", cwd=tmp_path)

@@ -126,3 +126,21 @@ def run_main(func, args, prog, interrupted=""):
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_builder(build, kwargs, prog, output_hdf5, debug=False):
+    """A data builder's command line: ``build(**kwargs, log=...)``, then its report.
+
+    Status lines go to stderr prefixed with ``prog``; exit status as
+    :func:`run_main` (2 for bad input, 130 for Ctrl-C, saying how to resume).
+    """
+    def job():
+        out = build(**kwargs, log=lambda message: print(f"{prog}: {message}", file=sys.stderr))
+        with open(out["paths"]["report"], encoding="utf8") as fh:
+            print(fh.read(), end="")
+        print("wrote " + ", ".join(map(str, out["paths"].values())))
+
+    return run_main(job, {"debug": debug}, prog,
+                    interrupted=f"finished work is kept in {output_hdf5}.partial/: run the same "
+                                "command again to resume")
+
