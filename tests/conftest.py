@@ -121,6 +121,28 @@ def run_script(script, *args, cwd=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(script, *args, cwd=None):
+    """A stage script's ``main(argv)`` in this process, answered as :func:`run_script`
+    answers (status, stdout, stderr): the exit-2 path and ``--help`` without paying
+    a Python + TensorFlow start each time. The real process is run_script's test."""
+    import importlib
+    import io
+
+    module = importlib.import_module(Path(script).stem)
+    out, err, env = io.StringIO(), io.StringIO(), dict(os.environ)
+    try:
+        with working_dir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                status = module.main([str(a) for a in args])
+            except SystemExit as stop:   # argparse: --help, a bad option
+                status = stop.code
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    return subprocess.CompletedProcess([script, *args], status, out.getvalue(), err.getvalue())
+
+
 def results_frame(n=6, dlat=0.0, dlon=0.0, ddep=0.0, lat0=34.0):
     """A tester results table (X_test_results.csv) whose predictions are truth + fixed offsets."""
     i = np.arange(n, dtype=float)

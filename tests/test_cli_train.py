@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_script, working_dir
+from conftest import run_main, run_script, working_dir
 
 import trainer1 as tr
 
@@ -39,7 +39,7 @@ def test_trainer_refuses_existing_output_folder(trained, synthetic):
 def test_trainer_rejects_noise_trace_in_training_split(synthetic, tmp_path):
     ids = np.concatenate([np.load(synthetic["train"]), synthetic["noise_ids"][:1]])
     np.save(tmp_path / "train_bad.npy", ids)
-    run = run_script("01_train/trainer1.py", "--input_hdf5", synthetic["hdf5"], "--input_trainset",
+    run = run_main("01_train/trainer1.py", "--input_hdf5", synthetic["hdf5"], "--input_trainset",
                      tmp_path / "train_bad.npy", "--input_validset", synthetic["valid"],
                      "--output_name", "bad", "--foundation_weights", "none", cwd=tmp_path)
     assert run.returncode == 2
@@ -47,25 +47,9 @@ def test_trainer_rejects_noise_trace_in_training_split(synthetic, tmp_path):
     assert not (tmp_path / "bad_outputs").exists()
 
 
-def test_trainer_fetches_the_official_weights_when_none_are_given(synthetic, tmp_path,
-                                                                  weights_origin, capsys):
-    # In-process and one batch per epoch: what is tested is where the weights come from.
-    train, valid = tmp_path / "train8.npy", tmp_path / "valid8.npy"
-    np.save(train, np.load(synthetic["train"])[:8])
-    np.save(valid, np.load(synthetic["valid"])[:8])
-    with working_dir(tmp_path):
-        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=str(train),
-                    input_validset=str(valid), output_name="fetched", epochs=1, batch_size=8,
-                    convmixer_filters=16, convmixer_depth=2, verbose=0)
-    cached = weights_origin["cached"]
-    assert f"foundation weights: fetched {weights_origin['url']} into {cached} (sha256 verified)" \
-        in capsys.readouterr().err
-    report = (tmp_path / "fetched_outputs" / "X_report.txt").read_text()
-    assert f"foundation_weights_used: {cached} (official U-Trans release" in report
-
-
 def test_trainer_without_weights_or_network_says_how_to_get_them(synthetic, tmp_path):
-    run = run_script("01_train/trainer1.py", "--input_hdf5", synthetic["hdf5"], "--input_trainset",
+    # (the fetch that works: test_devices, the two-device command line)
+    run = run_main("01_train/trainer1.py", "--input_hdf5", synthetic["hdf5"], "--input_trainset",
                      synthetic["train"], "--input_validset", synthetic["valid"], "--output_name",
                      "offline", cwd=tmp_path)
     assert run.returncode == 2

@@ -229,9 +229,13 @@ def _trainer_args(data, *extra):
             "--convmixer_depth", SMALL_HEAD["convmixer_depth"], "--seed", 1, "--verbose", 0, *extra]
 
 
-def test_trainer_cli_on_two_devices(tiny_set, tmp_path):
-    out = _run(_trainer_args(tiny_set, "--output_name", "two", "--multi_gpu",
-                             "--number_of_gpus", 2), "tensorflow", cwd=tmp_path)
+def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_path,
+                                                               weights_origin):
+    """No --foundation_weights: the official file is fetched (file:// origin), verified,
+    and the run on 2 logical devices starts from it."""
+    args = _trainer_args(tiny_set, "--output_name", "two", "--multi_gpu", "--number_of_gpus", 2)
+    at = args.index("--foundation_weights")
+    out = _run(args[:at] + args[at + 2:], "tensorflow", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "CPU is split into 2 logical devices" in out.stdout
     assert "2 replica(s)" in out.stdout
@@ -239,6 +243,10 @@ def test_trainer_cli_on_two_devices(tiny_set, tmp_path):
     assert (models / "two_001.weights.h5").is_file()
     report = (tmp_path / "two_outputs" / "X_report.txt").read_text()
     assert "multi_gpu: True" in report and "number_of_gpus: 2" in report
+    cached = weights_origin["cached"]
+    assert f"foundation weights: fetched {weights_origin['url']} into {cached} (sha256 verified)" \
+        in out.stderr
+    assert f"foundation_weights_used: {cached} (official U-Trans release" in report
 
 
 def test_cli_multi_gpu_gives_jax_two_host_devices():

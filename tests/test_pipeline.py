@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARITY, ROOT, SMALL_HEAD, need, run_script, working_dir
+from conftest import PARITY, ROOT, SMALL_HEAD, need, run_main, run_script, working_dir
 
 import reader as rd
 import tester1 as te
@@ -110,6 +110,6 @@ def test_real_sample_end_to_end(tmp_path):
                                     "01_train/trainer1.py",
                                     "02_test/tester1.py", "03_read/reader.py"])
 def test_help(script, tmp_path):
-    run = run_script(script, "--help", cwd=tmp_path)
+    run = run_main(script, "--help", cwd=tmp_path)
     assert run.returncode == 0 and "usage:" in run.stdout
     assert "(default:" in run.stdout

@@ -30,29 +30,21 @@ def test_trainer_outputs(trained):
         assert key in report
 
 
-def test_same_seed_same_first_epoch_loss(synthetic, tmp_path):
-    losses = []
-    for name in ("s1", "s2"):
-        with working_dir(tmp_path):
-            result = tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
-                                 input_validset=synthetic["valid"], output_name=name,
-                                 batch_size=8, epochs=1, foundation_weights="none", seed=11,
-                                 verbose=0, **SMALL_HEAD)
-        losses.append(result["history"]["loss"][0])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
-
-
-def test_trainer_preload_mode_and_timing_columns(synthetic, tmp_path):
+def test_same_seed_same_loss_also_preloaded_and_timing_columns(trained, synthetic, tmp_path):
+    """The shared run's settings and seed again, with the traces preloaded: the same
+    first-epoch loss (same batches, same initialisation, same augmentation)."""
     with working_dir(tmp_path):
         result = tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
                              input_validset=synthetic["valid"], output_name="pre",
                              mode="pre_load_generator", batch_size=8, epochs=1,
-                             foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
+                             foundation_weights="none", learning_rate=1e-3, seed=5, verbose=0,
+                             **SMALL_HEAD)
         with pytest.raises(ValueError, match="max_preload_gb=0.0001"):
             tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
                         input_validset=synthetic["valid"], output_name="pre2",
                         mode="pre_load_generator", max_preload_gb=0.0001, batch_size=8,
                         epochs=1, foundation_weights="none", verbose=0, **SMALL_HEAD)
+    assert result["history"]["loss"][0] == pytest.approx(trained["history"]["loss"][0], rel=1e-6)
     history = pd.read_csv(os.path.join(result["output_dir"], "history.csv"))
     row = history.iloc[0]
     assert 0 < row["train_time_s"] < row["epoch_time_s"]     # validation is outside
