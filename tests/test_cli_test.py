@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import PARITY, READ, need, run_script, working_dir
+from conftest import PARITY, READ, need, run_main, run_script, working_dir
 
 import EqT_utils_Loc_California as U
 import reader as rd
@@ -21,7 +21,7 @@ def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_pa
     assert (tmp_path / "x_outputs" / "keep.txt").read_text() == "earlier result"
     args[-1] = "y"
     args[5] = need(PARITY / "location_ckpt_keras2.h5")  # published head != model_config
-    run = run_script("02_test/tester1.py", *args, "--convmixer_filters", "16",
+    run = run_main("02_test/tester1.py", *args, "--convmixer_filters", "16",
                      "--convmixer_depth", "2", cwd=tmp_path)
     assert run.returncode == 2 and "location_ckpt_keras2.h5" in run.stderr
     assert not (tmp_path / "y_outputs").exists()

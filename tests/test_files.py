@@ -4,7 +4,7 @@ import errno
 import os
 
 import pytest
-from conftest import TEST, run_script
+from conftest import TEST, run_main
 
 from utrans_loc import files
 
@@ -17,8 +17,8 @@ def test_an_output_name_that_is_a_path_is_refused(name):
 
 
 def test_cli_refuses_a_path_as_output_name(tmp_path):
-    run = run_script(TEST, "--input_hdf5", "x.hdf5", "--input_model", "m.h5",
-                     "--output_name", "../up", cwd=tmp_path)
+    run = run_main(TEST, "--input_hdf5", "x.hdf5", "--input_model", "m.h5",
+                   "--output_name", "../up", cwd=tmp_path)
     assert run.returncode == 2 and "output_name must be a plain name" in run.stderr
     assert not (tmp_path.parent / "up_outputs").exists()
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_HEAD, TRAIN, run_script, working_dir
+from conftest import ROOT, SMALL_HEAD, TRAIN, run_main, working_dir
 
 import EqT_utils_Loc_California as U
 from utrans_loc import files, run_state, training
@@ -48,41 +48,71 @@ def test_nan_loss_stops_training_naming_the_batch(synthetic, tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------- resume
-def _train_past_epoch_1(synthetic, tmp_path, name):
-    """A 3-epoch trainer1 process, returned as soon as its first epoch is saved."""
-    args = ["--input_hdf5", synthetic["hdf5"], "--input_trainset", synthetic["train"],
-            "--input_validset", synthetic["valid"], "--output_name", name, "--epochs", "3",
+def _wait_for_epoch(proc, state, epochs_done, timeout=300):
+    """Poll until ``state`` records ``epochs_done`` epochs (or the process ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_done"] == epochs_done:
+            return
+        time.sleep(0.02)
+
+
+def _start_training(synthetic, tmp_path, name, epochs):
+    """A trainer1 process on 16 training traces (4 batches an epoch: a second epoch
+    lasts long enough to be interrupted, the run stays short)."""
+    train = tmp_path / "train16.npy"
+    np.save(train, np.load(synthetic["train"])[:16])
+    args = ["--input_hdf5", synthetic["hdf5"], "--input_trainset", train,
+            "--input_validset", synthetic["valid"], "--output_name", name, "--epochs", epochs,
             "--batch_size", "4", "--foundation_weights", "none", "--seed", "3",
             "--convmixer_filters", "16", "--convmixer_depth", "2", "--verbose", "0"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / TRAIN), *map(str, args)], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, str(ROOT / TRAIN), *map(str, args)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = tmp_path / f"{name}_outputs" / "resume" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epochs_done"] == 1:
-            break
-        time.sleep(0.02)
-    return proc, state, args
 
 
-def test_kill_during_second_epoch_then_resume(synthetic, tmp_path):
-    proc, state, _ = _train_past_epoch_1(synthetic, tmp_path, "k")
+def test_ctrl_c_kill_resume_and_a_second_trainer_on_the_same_name(synthetic, tmp_path):
+    """One run through every interruption: Ctrl-C (exit 130, the message), a second
+    trainer1 refused meanwhile, a resume killed hard (SIGKILL) in its epoch, and a
+    resume that finishes the run."""
+    state = tmp_path / "c_outputs" / "resume" / "state.json"
+    history_csv = tmp_path / "c_outputs" / "history.csv"
+    proc = _start_training(synthetic, tmp_path, "c", 4)
+    _wait_for_epoch(proc, state, 1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert json.loads(state.read_text())["epochs_done"] == 1
-    history = pd.read_csv(tmp_path / "k_outputs" / "history.csv")
-    assert len(history) == 1
+    proc.send_signal(signal.SIGSTOP)   # hold it mid-run while the others start (seconds)
+    # While it runs, a second trainer on that name is refused (a new run on an existing
+    # folder is refused anyway: test_files covers the claim itself).
+    with working_dir(tmp_path), pytest.raises(FileExistsError,
+                                              match="in use by another running trainer1"):
+        tr.trainer1(output_name="c", resume=True, verbose=0)
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "trainer1: interrupted; every completed epoch is saved: continue with " \
+           "--output_name c --resume" in err
+    assert "Traceback" not in err
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done <= 2 and len(pd.read_csv(history_csv)) == done
 
-    again = run_script(TRAIN, "--output_name", "k", "--resume", "--verbose", "0",
-                       "--input_hdf5", synthetic["hdf5"], cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming" in again.stdout
-    history = pd.read_csv(tmp_path / "k_outputs" / "history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]
+    # A resume, killed hard while it trains the epoch after the next one it saves.
+    again = subprocess.Popen([sys.executable, str(ROOT / TRAIN), "--output_name", "c",
+                              "--resume", "--verbose", "0"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(again, state, done + 1)
+    assert again.poll() is None, again.communicate()[1][-2000:]
+    os.kill(again.pid, signal.SIGKILL)
+    assert "resuming" in again.communicate()[0]
+    assert json.loads(state.read_text())["epochs_done"] == done + 1
+    assert len(pd.read_csv(history_csv)) == done + 1
+
+    with working_dir(tmp_path):
+        tr.trainer1(output_name="c", resume=True, verbose=0)
+    history = pd.read_csv(history_csv)
+    assert list(history["epoch"]) == [0, 1, 2, 3]
     assert history[["loss", "val_loss"]].notna().all().all()
-    assert json.loads(state.read_text())["epochs_done"] == 3
-    assert "best_epoch:" in (tmp_path / "k_outputs" / "X_report.txt").read_text()
+    assert json.loads(state.read_text())["epochs_done"] == 4
+    assert "best_epoch:" in (tmp_path / "c_outputs" / "X_report.txt").read_text()
 
 
 def test_interrupted_best_checkpoint_is_set_aside(tmp_path):
@@ -94,7 +124,7 @@ def test_interrupted_best_checkpoint_is_set_aside(tmp_path):
 
 
 def test_resume_without_a_run_is_an_error(tmp_path):
-    run = run_script(TRAIN, "--input_hdf5", "x.hdf5", "--output_name", "none", "--resume",
+    run = run_main(TRAIN, "--input_hdf5", "x.hdf5", "--output_name", "none", "--resume",
                      cwd=tmp_path)
     assert run.returncode == 2 and "nothing to resume" in run.stderr
 
@@ -111,30 +141,6 @@ def test_a_state_json_naming_a_file_elsewhere_is_refused(tmp_path):
                                                       "weights": "epoch_001.weights.h5"}))
     with pytest.raises(FileNotFoundError, match="epoch_001.weights.h5 is missing"):
         run_state.read_training_state(str(state_dir))
-
-
-def test_ctrl_c_then_resume_and_a_second_trainer_on_the_same_name(synthetic, tmp_path):
-    proc, state, _ = _train_past_epoch_1(synthetic, tmp_path, "c")
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGSTOP)   # hold it mid-run while the others start (seconds)
-    # While it runs, a second trainer on that name is refused (a new run on an existing
-    # folder is refused anyway: test_files covers the claim itself).
-    with working_dir(tmp_path), pytest.raises(FileExistsError,
-                                              match="in use by another running trainer1"):
-        tr.trainer1(output_name="c", resume=True, verbose=0)
-    proc.send_signal(signal.SIGCONT)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "trainer1: interrupted; every completed epoch is saved: continue with " \
-           "--output_name c --resume" in err
-    assert "Traceback" not in err
-    done = json.loads(state.read_text())["epochs_done"]
-    assert done >= 1 and len(pd.read_csv(tmp_path / "c_outputs" / "history.csv")) == done
-
-    with working_dir(tmp_path):
-        tr.trainer1(output_name="c", resume=True, verbose=0)
-    assert list(pd.read_csv(tmp_path / "c_outputs" / "history.csv")["epoch"]) == [0, 1, 2]
 
 
 def test_a_full_disk_at_history_csv_loses_no_earlier_epoch(synthetic, tmp_path, monkeypatch):
