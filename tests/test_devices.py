@@ -119,6 +119,7 @@ def _equivalence_worker():
                 clone_function=without_dropout)
             model.set_weights(weights)
             model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+            model.optimizer.build(model.trainable_variables)   # as trainer1: one trace
         # 3 epochs of one batch each: History holds the loss of every step.
         history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
         return history.history["loss"], devices.replica_count(model), _copies(model.weights[0])
@@ -340,6 +341,7 @@ def test_float16_training_uses_loss_scaling(synthetic):
     with devices.precision_policy("float16"):
         model = U.build_location_model(**SMALL_HEAD)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        model.optimizer.build(model.trainable_variables)   # as trainer1: one trace
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     losses = [float(np.asarray(model.train_on_batch(x, y))) for _ in range(3)]
     assert np.isfinite(losses).all()

@@ -155,8 +155,10 @@ def test_a_full_disk_at_history_csv_loses_no_earlier_epoch(synthetic, tmp_path, 
         return original(path, text)
 
     monkeypatch.setattr(run_state, "atomic_write_text", flaky)
+    train = tmp_path / "train16.npy"   # 2 batches an epoch: what matters is the second write
+    np.save(train, np.load(synthetic["train"])[:16])
     with working_dir(tmp_path), pytest.raises(OSError, match="history.csv"):
-        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
+        tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=str(train),
                     input_validset=synthetic["valid"], output_name="full", batch_size=8,
                     epochs=2, foundation_weights="none", seed=1, verbose=0, **SMALL_HEAD)
     out = tmp_path / "full_outputs"
