@@ -372,11 +372,12 @@ def fetch_foundation_weights(url=None, cache_dir=None, log=_say):
     """
     url = url or os.environ.get(URL_ENV) or OFFICIAL_URL
     target = cached_weights_path(cache_dir)
-    if target.is_file() and sha256_of(target) == OFFICIAL_SHA256:
+    cached = sha256_of(target) if target.is_file() else None
+    if cached == OFFICIAL_SHA256:
         log(f"{target} (cached official release, sha256 verified)")
         return str(target)
-    if target.is_file():
-        log(f"cached {target} has sha256 {sha256_of(target)}, not the official "
+    if cached is not None:
+        log(f"cached {target} has sha256 {cached}, not the official "
             f"{OFFICIAL_SHA256}: fetching it again")
     try:   # get_file silently falls back to /tmp when the cache folder is missing
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -394,9 +395,10 @@ def fetch_foundation_weights(url=None, cache_dir=None, log=_say):
     except KeyboardInterrupt:
         raise
     except Exception as err:   # get_file re-raises URL errors as plain Exception
-        if target.is_file() and sha256_of(target) != OFFICIAL_SHA256:
+        fetched = sha256_of(target) if target.is_file() else OFFICIAL_SHA256
+        if fetched != OFFICIAL_SHA256:
             raise WeightsFileError(
-                f"{target}: fetched from {url} but its sha256 is {sha256_of(target)}, not "
+                f"{target}: fetched from {url} but its sha256 is {fetched}, not "
                 f"the official {OFFICIAL_SHA256}; it is not used") from None
         raise FileNotFoundError(
             f"U-Trans foundation weights are not here and could not be fetched from {url} "

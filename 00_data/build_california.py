@@ -39,11 +39,7 @@ def build_parser():
                         "earthquake/local/<name> layout), paired in order with --stead_csv")
     p.add_argument("--stead_csv", nargs="+", required=True, metavar="CSV",
                    help="STEAD metadata CSV files, one per --stead_hdf5 file, same order")
-    p.add_argument("--output_hdf5", required=True,
-                   help="DataCollected HDF5 to write (must not exist)")
-    p.add_argument("--output_dir", required=True,
-                   help="folder for train/valid/test_Events.npy, california_traces.csv, "
-                        "skipped_traces.csv, build_report.txt (created if missing)")
+    cli.add_builder_outputs(p)
     p.add_argument("--region_mode", choices=["polygon", "bbox"], default="polygon",
                    help="California as a 14-vertex state polygon (offshore margin on the "
                         "coast) or the box lat 32..42, lon -125..-114")
@@ -56,16 +52,9 @@ def build_parser():
                    help="keep traces with source_distance_km at most this")
     p.add_argument("--min_magnitude", type=float, default=None,
                    help="keep traces with source_magnitude at least this")
-    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.1, 0.2],
-                   metavar=("TRAIN", "VALID", "TEST"),
-                   help="fractions of events (source_id) in train/valid/test; sum 1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the event shuffle for the splits")
-    p.add_argument("--shard_size", type=int, default=1000,
-                   help="traces per intermediate shard (the unit of resume)")
     p.add_argument("--csv_chunk_rows", type=int, default=100_000,
                    help="CSV rows read at a time")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    cli.add_builder_run_options(p)
     return p
 
 

@@ -40,11 +40,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.Formatter)
     p.add_argument("--dataset_dir", required=True,
                    help="SeisBench dataset folder (metadata*.csv + waveforms*.hdf5)")
-    p.add_argument("--output_hdf5", required=True,
-                   help="DataCollected HDF5 to write (must not exist)")
-    p.add_argument("--output_dir", required=True,
-                   help="folder for train/valid/test_Events.npy, california_traces.csv, "
-                        "skipped_traces.csv, build_report.txt (created if missing)")
+    cli.add_builder_outputs(p)
     p.add_argument("--region_mode", choices=["state", "bbox", "none"], default="state",
                    help="station and event inside the California state polygon, inside "
                         "--bbox (default box: lat 32..42, lon -125..-114), or anywhere")
@@ -54,14 +50,7 @@ def build_parser():
     p.add_argument("--use_dataset_split", action="store_true",
                    help="use the dataset's own 'split' column (train, dev -> valid, test) "
                         "instead of splitting by event")
-    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.1, 0.2],
-                   metavar=("TRAIN", "VALID", "TEST"),
-                   help="fractions of events (source_id) in train/valid/test; sum 1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the event shuffle for the splits")
-    p.add_argument("--shard_size", type=int, default=1000,
-                   help="traces per intermediate shard (the unit of resume)")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    cli.add_builder_run_options(p)
     return p
 
 

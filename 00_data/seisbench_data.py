@@ -249,8 +249,7 @@ def to_window(wave, components, sampling_rate, p_sample=math.nan):
     if abs(scale - 1.0) > 1e-9:
         from utrans_loc.waveforms import resample_to_100hz
 
-        npts = int(math.floor((enz.shape[1] - 1) * scale + 1e-6)) + 1
-        enz = np.stack([resample_to_100hz(c, sampling_rate, npts) for c in enz])
+        enz = np.stack([resample_to_100hz(c, sampling_rate) for c in enz])
     n = enz.shape[1]
     p = p_sample * scale if math.isfinite(p_sample) else math.nan
     if math.isfinite(p) and not 0 <= p < n:

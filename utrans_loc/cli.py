@@ -128,6 +128,27 @@ def run_main(func, args, prog, interrupted=""):
     return 0
 
 
+def add_builder_outputs(p):
+    """--output_hdf5 and --output_dir of a data builder (00_data/build_*.py)."""
+    p.add_argument("--output_hdf5", required=True,
+                   help="DataCollected HDF5 to write (must not exist)")
+    p.add_argument("--output_dir", required=True,
+                   help="folder for train/valid/test_Events.npy, california_traces.csv, "
+                        "skipped_traces.csv, build_report.txt (created if missing)")
+
+
+def add_builder_run_options(p):
+    """Splits, shards, progress and --debug of a data builder."""
+    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.1, 0.2],
+                   metavar=("TRAIN", "VALID", "TEST"),
+                   help="fractions of events (source_id) in train/valid/test; sum 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the event shuffle for the splits")
+    p.add_argument("--shard_size", type=int, default=1000,
+                   help="traces per intermediate shard (the unit of resume)")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
 def run_builder(build, kwargs, prog, output_hdf5, debug=False):
     """A data builder's command line: ``build(**kwargs, log=...)``, then its report.
 

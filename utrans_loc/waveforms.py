@@ -485,6 +485,11 @@ def _prepare_for_interpolation(tr):
         tr.filter("lowpass", freq=ANTIALIAS_HZ, corners=ANTIALIAS_CORNERS, zerophase=True)
 
 
+def samples_at_100hz(n, sampling_rate):
+    """How many 100 Hz samples fit in ``n`` samples at ``sampling_rate`` (first one shared)."""
+    return int(math.floor((n - 1) * SAMPLING_RATE / sampling_rate + 1e-6)) + 1
+
+
 def resample_to_100hz(samples, sampling_rate, npts=None):
     """One channel (1-D array at ``sampling_rate``) on the 100 Hz grid from its first sample.
 
@@ -500,8 +505,7 @@ def resample_to_100hz(samples, sampling_rate, npts=None):
     from scipy.signal import resample_poly
 
     data = np.asarray(samples, dtype=np.float64)
-    if npts is None:
-        npts = int(math.floor((len(data) - 1) * SAMPLING_RATE / sampling_rate + 1e-6)) + 1
+    npts = samples_at_100hz(len(data), sampling_rate) if npts is None else npts
     ratio = Fraction(SAMPLING_RATE / float(sampling_rate)).limit_denominator(100)
     if abs(float(ratio) - SAMPLING_RATE / sampling_rate) > 1e-12:
         return interpolate_to_grid(data, sampling_rate, npts)
@@ -520,8 +524,7 @@ def interpolate_to_grid(samples, sampling_rate, npts=None):
 
     tr = Trace(np.asarray(samples), header={"sampling_rate": float(sampling_rate)})
     _prepare_for_interpolation(tr)
-    if npts is None:
-        npts = int(math.floor((tr.stats.npts - 1) * SAMPLING_RATE / sampling_rate + 1e-6)) + 1
+    npts = samples_at_100hz(tr.stats.npts, sampling_rate) if npts is None else npts
     tr.interpolate(SAMPLING_RATE, method="lanczos", a=LANCZOS_A, starttime=tr.stats.starttime,
                    npts=npts)
     return tr.data
