@@ -378,3 +378,29 @@ def _nvidia_total_mb(index):
                           "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, check=True).stdout
     return float(out.split()[0])
+
+
+def device_description():
+    """The device(s) this process computes on, in words, for a start-up line:
+    ``'GPU: NVIDIA H100 80GB HBM3'`` (``' x2'`` for two alike), or
+    ``'CPU: no GPU visible'`` so that a user who meant to train on a GPU sees
+    at once that the backend did not find it (see docs/training.md for the GPU
+    install lines)."""
+    names = _gpu_names()
+    if not names:
+        return "CPU: no GPU visible"
+    counted = {name: names.count(name) for name in names}
+    return "GPU: " + ", ".join(name + (f" x{n}" if n > 1 else "") for name, n in counted.items())
+
+
+def _gpu_names():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                for g in gpus]
+    if backend == "jax":
+        return [getattr(d, "device_kind", str(d)) for d in _jax_gpus()]
+    return []
