@@ -21,6 +21,8 @@ import os
 import h5py
 import numpy as np
 
+from utrans_loc import vocabulary
+
 
 class TraceError(ValueError):
     """A trace that cannot be used (missing attributes, wrong shape, ...)."""
@@ -108,20 +110,10 @@ LAYOUT_COLLECTED, LAYOUT_STEAD, LAYOUT_STEAD_OLD = "datacollected", "stead", "st
 STEAD_OLD_GROUPS = ("earthquake/local", "non_earthquake/noise")
 
 # STEAD attribute -> upstream DataCollected attribute (UTRANS_SPEC section 1).
-STEAD_TO_UPSTREAM = {
-    "receiver_latitude": "station_lat",
-    "receiver_longitude": "station_long",
-    "source_latitude": "event_lat",
-    "source_longitude": "event_long",
-    "source_depth_km": "depth",
-    "source_magnitude": "magnitude",
-    "source_magnitude_type": "magnitude_type",
-    "p_arrival_sample": "p_arrival_sample",
-    "s_arrival_sample": "s_arrival_sample",
-    "coda_end_sample": "coda_end_sample",
-    "snr_db": "snr_db",
-    "trace_category": "data_category",
-}
+STEAD_TO_UPSTREAM = vocabulary.mapping("stead", "datacollected", fields=(
+    "station_lat", "station_lon", "event_lat", "event_lon", "depth_km", "magnitude",
+    "magnitude_type", "p_arrival_sample", "s_arrival_sample", "coda_end_sample", "snr_db",
+    "data_category"))
 # STEAD attributes kept under their own names (metadata columns, grouping by event).
 STEAD_EXTRAS = ("network_code", "receiver_code", "source_id", "source_distance_km",
                 "back_azimuth_deg", "trace_start_time", "source_origin_time")
