@@ -39,16 +39,18 @@ import utrans_backbone as ub
 from utrans_loc.traces import (MAX_PRELOAD_GB, H5Reader, TraceError, attr_float,  # noqa: F401
                                attr_snr, bandpass_taper, check_finite, preload_waveforms,
                                trace_meta)
+from utrans_loc import vocabulary
 
 MAX_D = 114.5   # California depth normalisation (km), as published
 MIN_D = 1e-5
-LABEL_ATTRS = ("station_lat", "station_long", "event_lat", "event_long", "depth")
+# The label's inputs as DataCollected attributes (station_lat, station_long, ...).
+LABEL_ATTRS = tuple(vocabulary.mapping("table", "datacollected", vocabulary.LABEL_FIELDS).values())
 # The published ConvMixer head (UTRANS_SPEC section 3) and the upstream
 # California augmentation rates (section 4): each default is said once, here.
 PUBLISHED_HEAD = dict(convmixer_filters=512, convmixer_depth=10, convmixer_kernel=13,
                       convmixer_patch=10)
-# (DataGenerator keywords; trainer1 calls drop_channe_r drop_channel_r.)
-CALIFORNIA_AUGMENTATION = dict(shift_event_r=0.99, add_noise_r=0.5, drop_channe_r=0.1)
+# (build_augmentations keywords, as trainer1 names them; the rest off.)
+CALIFORNIA_AUGMENTATION = dict(shift_event_r=0.99, add_noise_r=0.5, drop_channel_r=0.1)
 
 
 # --------------------------------------------------------------------------
@@ -74,15 +76,25 @@ def location_label(attrs, trace_id="?", max_d=MAX_D, min_d=MIN_D):
         finite (for example a noise trace in a location split); the message
         names the trace. Upstream silently reused the previous trace's labels.
     """
-    values = {name: attr_float(attrs, name) for name in LABEL_ATTRS}
-    bad = [name for name, v in values.items() if not np.isfinite(v)]
+    values = {field: attr_float(attrs, attr) for field, attr in
+              vocabulary.mapping("table", "datacollected", vocabulary.LABEL_FIELDS).items()}
+    bad = [vocabulary.name(field, "datacollected") for field, v in values.items()
+           if not np.isfinite(v)]
     if bad:
         raise TraceError(
             f"trace '{trace_id}' has no usable {', '.join(bad)} (a noise trace or a "
             "trace without event attributes cannot be in a location training split)")
-    return np.array([values["station_lat"] - values["event_lat"],
-                     values["station_long"] - values["event_long"],
-                     depth_to_label(values["depth"], max_d, min_d)], dtype=np.float32)
+    return labels_from(values, max_d, min_d)
+
+
+def labels_from(values, max_d=MAX_D, min_d=MIN_D):
+    """Location target(s) from the label fields under their table names
+    (:data:`vocabulary.LABEL_FIELDS`: station_lat, station_lon, event_lat,
+    event_lon, depth_km), scalars or columns; float32, shape (3,) or (N, 3)."""
+    return np.stack([np.subtract(values["station_lat"], values["event_lat"]),
+                     np.subtract(values["station_lon"], values["event_lon"]),
+                     depth_to_label(np.asarray(values["depth_km"], dtype=float), max_d, min_d)],
+                    axis=-1).astype(np.float32)
 
 
 def prediction_to_location(station_lat, station_lon, y, max_d=MAX_D, min_d=MIN_D):
@@ -226,31 +238,156 @@ def pre_emphasis(data, coeff=0.97):
     return out
 
 
+# One small callable per transform (SeisBench's pattern): the generator gets a
+# list and applies it in order, without knowing the transforms' names.
+class Augmentation:
+    """A transform of the chain: ``transform(data, meta, rng) -> (data, meta)``.
+
+    ``meta`` holds the trace's p_arrival, s_arrival, coda_end (samples) and snr;
+    only a transform that moves the waveform returns it changed. Every random
+    draw comes from ``rng`` (repeatable per seed, epoch and batch).
+    """
+
+    def first_copy(self):
+        """What the first copy of an id gets in a half batch (UTRANS_SPEC section 5):
+        None (nothing) unless the transform says otherwise."""
+        return None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class ShiftEvent(Augmentation):
+    """:func:`shift_event` at ``rate``; the picks move with the waveform."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        data, shift = shift_event(data, meta["coda_end"], self.rate, rng, return_shift=True)
+        return data, shifted_picks(meta, shift, data.shape[0])
+
+    def first_copy(self):
+        return ShiftEvent(self.rate / 2)
+
+
+class AddEvent(Augmentation):
+    """:func:`add_event` at ``rate`` (a second event after the coda)."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        return add_event(data, meta["p_arrival"], meta["s_arrival"], meta["coda_end"],
+                         meta["snr"], self.rate, rng), meta
+
+
+class AddNoise(Augmentation):
+    """:func:`add_noise` at ``rate``."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        return add_noise(data, meta["snr"], self.rate, rng), meta
+
+
+class DropChannel(Augmentation):
+    """:func:`drop_channel` at ``rate``."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        return drop_channel(data, meta["snr"], self.rate, rng), meta
+
+
+class ScaleAmplitude(Augmentation):
+    """:func:`scale_amplitude` at ``rate``."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        return scale_amplitude(data, self.rate, rng), meta
+
+
+class PreEmphasis(Augmentation):
+    """:func:`pre_emphasis` (always; draws nothing)."""
+
+    def __init__(self, coeff=0.97):
+        self.coeff = coeff
+
+    def __call__(self, data, meta, rng):
+        return pre_emphasis(data, self.coeff), meta
+
+
+class AddGap(Augmentation):
+    """:func:`add_gaps` at ``rate``."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, data, meta, rng):
+        return add_gaps(data, self.rate, rng), meta
+
+
+def build_augmentations(shift_event_r=None, add_event_r=None, add_noise_r=None,
+                        drop_channel_r=None, scale_amplitude_r=None, pre_emphasis=False,
+                        add_gap_r=None):
+    """The upstream full augmentation chain, in its order, for the given rates.
+
+    Parameters
+    ----------
+    shift_event_r, add_event_r, add_noise_r, drop_channel_r, scale_amplitude_r,
+    add_gap_r : float or None
+        Rate of each transform; None (or 0) leaves it out of the chain (it then
+        draws no random numbers). California: :data:`CALIFORNIA_AUGMENTATION`.
+    pre_emphasis : bool
+        Pre-emphasis after the amplitude scaling.
+
+    Returns
+    -------
+    list of Augmentation
+        E.g. ``[ShiftEvent(rate=0.99), AddNoise(rate=0.5), DropChannel(rate=0.1)]``,
+        for ``DataGenerator(augmentations=...)`` or :func:`augment`.
+    """
+    # Upstream's order, which fixes the order of the random draws (seeded runs).
+    steps = [(shift_event_r, ShiftEvent), (add_event_r, AddEvent), (add_noise_r, AddNoise),
+             (drop_channel_r, DropChannel), (scale_amplitude_r, ScaleAmplitude),
+             (pre_emphasis, lambda _: PreEmphasis()), (add_gap_r, AddGap)]
+    return [make(setting) for setting, make in steps if setting]
+
+
+def augment(augmentations, data, meta, rng):
+    """``data`` through each transform of ``augmentations`` in order (before normalisation)."""
+    for transform in augmentations:
+        data, meta = transform(data, meta, rng)
+    return data
+
+
+def first_copy_chain(augmentations):
+    """What the first copy of each id gets in a half batch (UTRANS_SPEC section 5):
+    each transform's ``first_copy()``, where it has one (:class:`ShiftEvent`: the
+    shift at half rate)."""
+    firsts = (getattr(t, "first_copy", lambda: None)() for t in augmentations)
+    return [t for t in firsts if t is not None]
+
+
 def augment_event(data, meta, rng, *, shift_event_r=None, add_event_r=None,
                   add_noise_r=None, drop_channe_r=None, scale_amplitude_r=None,
                   pre_emphasis_on=False, add_gap_r=None):
-    """The upstream full augmentation chain for an event trace (before normalisation).
+    """The upstream full augmentation chain for an event trace, with the upstream
+    keyword names (``augment(build_augmentations(...), data, meta, rng)``).
 
     ``meta`` holds p_arrival, s_arrival, coda_end and snr (3 values). A rate
     of None (or 0) skips that transform. Labels are not touched.
     """
-    if shift_event_r:
-        data, shift = shift_event(data, meta["coda_end"], shift_event_r, rng, return_shift=True)
-        meta = shifted_picks(meta, shift, data.shape[0])
-    if add_event_r:
-        data = add_event(data, meta["p_arrival"], meta["s_arrival"], meta["coda_end"],
-                         meta["snr"], add_event_r, rng)
-    if add_noise_r:
-        data = add_noise(data, meta["snr"], add_noise_r, rng)
-    if drop_channe_r:
-        data = drop_channel(data, meta["snr"], drop_channe_r, rng)
-    if scale_amplitude_r:
-        data = scale_amplitude(data, scale_amplitude_r, rng)
-    if pre_emphasis_on:
-        data = pre_emphasis(data)
-    if add_gap_r:
-        data = add_gaps(data, add_gap_r, rng)
-    return data
+    return augment(build_augmentations(
+        shift_event_r=shift_event_r, add_event_r=add_event_r, add_noise_r=add_noise_r,
+        drop_channel_r=drop_channe_r, scale_amplitude_r=scale_amplitude_r,
+        pre_emphasis=pre_emphasis_on, add_gap_r=add_gap_r), data, meta, rng)
+
 
 class TraceLabels:
     """Location labels and augmentation metadata of a list of trace ids, as arrays.
@@ -277,9 +414,8 @@ class TraceLabels:
         if "snr_db_min" not in rows:
             return
         present = rows["station_lat"].notna().to_numpy()
-        self.labels[:] = np.stack([
-            rows["station_lat"] - rows["event_lat"], rows["station_lon"] - rows["event_lon"],
-            depth_to_label(rows["depth_km"].to_numpy(float), self.max_d, self.min_d)], axis=1)
+        self.labels[:] = labels_from({f: rows[f].to_numpy(float) for f in vocabulary.LABEL_FIELDS},
+                                     self.max_d, self.min_d)
         self.meta[:] = rows[["p_arrival_sample", "s_arrival_sample", "coda_end_sample",
                              "snr_db_min"]].to_numpy(float)
         # Rows without finite labels stay unknown: read (and reported) on use.
@@ -321,15 +457,21 @@ class DataGenerator(keras.utils.PyDataset):
     norm_mode : {'std', 'max'}
         Per-trace, per-channel normalisation.
     label_type : str
-        Kept for upstream compatibility; location labels are always the
-        3-value regression target.
+        Accepted for upstream compatibility and ignored; location labels are
+        always the 3-value regression target.
     augmentation : bool
-        Use the half-batch augmentation scheme.
+        Use the half-batch augmentation scheme (see Notes).
+    augmentations : list of callable, optional
+        The full chain, applied in order to the second copy of each id:
+        callables ``(data, meta, rng) -> (data, meta)``, as
+        :func:`build_augmentations` makes them. A transform's ``first_copy()``
+        (when it has one) is what the first copy gets.
     add_event_r, add_gap_r, shift_event_r, add_noise_r, drop_channe_r,
     scale_amplitude_r : float or None
-        Rates of the upstream augmentations (None: off).
+        Upstream keywords, for when ``augmentations`` is not given: the chain
+        is then ``build_augmentations`` of these rates (None: off).
     pre_emphasis : bool
-        Apply pre-emphasis in the full chain.
+        Upstream keyword: pre-emphasis in that chain.
     max_d, min_d : float
         Depth normalisation range (km).
     seed : int or None
@@ -355,10 +497,10 @@ class DataGenerator(keras.utils.PyDataset):
     Notes
     -----
     With augmentation (UTRANS_SPEC section 5) the first copy of each id gets
-    only a shift (at half ``shift_event_r``) and normalisation; the second
-    copy gets the full chain. An epoch has ``2 * floor(N / batch_size)``
-    batches; without augmentation ``floor(N / batch_size)`` batches of
-    distinct ids.
+    only a shift (at half ``shift_event_r``: ``ShiftEvent.first_copy``) and
+    normalisation; the second copy gets the full chain. An epoch has
+    ``2 * floor(N / batch_size)`` batches; without augmentation
+    ``floor(N / batch_size)`` batches of distinct ids.
     """
 
     def __init__(self, list_IDs, file_name, dim=6000, batch_size=40, n_channels=3,
@@ -367,7 +509,7 @@ class DataGenerator(keras.utils.PyDataset):
                  drop_channe_r=None, scale_amplitude_r=None, pre_emphasis=False,
                  max_d=MAX_D, min_d=MIN_D, seed=None, workers=1,
                  use_multiprocessing=False, max_queue_size=10, bandpass=False, metadata=None,
-                 preload=False, max_preload_gb=MAX_PRELOAD_GB):
+                 preload=False, max_preload_gb=MAX_PRELOAD_GB, augmentations=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.list_IDs = np.asarray(list_IDs).astype(str)
@@ -381,12 +523,13 @@ class DataGenerator(keras.utils.PyDataset):
         self.n_channels = n_channels
         self.shuffle = shuffle
         self.norm_mode = norm_mode
-        self.label_type = label_type
+        del label_type   # accepted for upstream callers, used nowhere
         self.augmentation = augmentation
-        self.rates = dict(add_event_r=add_event_r, add_gap_r=add_gap_r,
-                          shift_event_r=shift_event_r, add_noise_r=add_noise_r,
-                          drop_channe_r=drop_channe_r, scale_amplitude_r=scale_amplitude_r,
-                          pre_emphasis_on=pre_emphasis)
+        self.augmentations = self._chain(augmentations, dict(
+            shift_event_r=shift_event_r, add_event_r=add_event_r, add_noise_r=add_noise_r,
+            drop_channe_r=drop_channe_r, scale_amplitude_r=scale_amplitude_r,
+            pre_emphasis=pre_emphasis, add_gap_r=add_gap_r))
+        self.first_copy = first_copy_chain(self.augmentations)
         self.max_d, self.min_d = max_d, min_d
         # Randomness derives from (seed, epoch, batch index): repeatable with
         # a seed whatever the worker order, and resumable at any epoch.
@@ -398,6 +541,23 @@ class DataGenerator(keras.utils.PyDataset):
         self.info = TraceLabels(self.list_IDs, max_d, min_d, metadata)
         self.failure = None
         self.set_epoch(0)
+
+    @staticmethod
+    def _chain(augmentations, upstream):
+        """``augmentations`` checked, or the chain of the upstream keywords."""
+        if augmentations is None:
+            upstream = dict(upstream)
+            return build_augmentations(drop_channel_r=upstream.pop("drop_channe_r"), **upstream)
+        given = [name for name, value in upstream.items() if value]
+        if given:
+            raise ValueError(f"DataGenerator: give augmentations or the rates "
+                             f"({', '.join(given)}), not both")
+        augmentations = list(augmentations)
+        for i, transform in enumerate(augmentations):
+            if not callable(transform):
+                raise ValueError(f"DataGenerator: augmentations[{i}] ({transform!r}) is not "
+                                 "callable (expected transform(data, meta, rng) -> (data, meta))")
+        return augmentations
 
     def __len__(self):
         n = len(self.list_IDs) // self.batch_size
@@ -453,12 +613,13 @@ class DataGenerator(keras.utils.PyDataset):
             self.reader.read_into(ids[i], x[i])
         if self.augmentation:
             x[n_read:], y[n_read:] = x[:n_read], y[:n_read]
-            if self.rates["shift_event_r"]:
+            # All first copies, then all second copies: the order of the draws
+            # from rng, so a seeded run repeats bit for bit.
+            if self.first_copy:
                 for i in range(n_read):
-                    x[i] = shift_event(x[i], metas[i]["coda_end"],
-                                       self.rates["shift_event_r"] / 2, rng)
+                    x[i] = augment(self.first_copy, x[i], metas[i], rng)
             for i in range(n_read):
-                x[n_read + i] = augment_event(x[n_read + i], metas[i], rng, **self.rates)
+                x[n_read + i] = augment(self.augmentations, x[n_read + i], metas[i], rng)
         x = normalize(x, self.norm_mode)
         check_finite(x, ids, self.reader.file_name)
         return x, y

@@ -243,7 +243,7 @@ def test_both_halves_are_augmented_from_the_same_raw_traces(synthetic):
         metas = [U.trace_meta(fh[t].attrs) for t in batch[:4]]
     for meta in metas:
         meta["snr"] = np.min(meta["snr"])
-    rates = gen.rates
+    rates = {k: v for k, v in CALIFORNIA.items() if k != "augmentation"}
     first = [U.shift_event(r, m["coda_end"], rates["shift_event_r"] / 2, rng)
              for r, m in zip(raw, metas)]
     second = [U.augment_event(r.copy(), m, rng, **rates) for r, m in zip(raw, metas)]
@@ -251,6 +251,59 @@ def test_both_halves_are_augmented_from_the_same_raw_traces(synthetic):
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(y[:4], y[4:])
     assert not np.array_equal(x[:4], x[4:])       # the augmentation did something
+
+
+def test_augmentations_are_one_list_built_once_in_upstream_order():
+    chain = U.build_augmentations(shift_event_r=0.99, add_event_r=0.3, add_noise_r=0.5,
+                                  drop_channel_r=0.1, scale_amplitude_r=0.5, pre_emphasis=True,
+                                  add_gap_r=0.2)
+    assert str(chain) == ("[ShiftEvent(rate=0.99), AddEvent(rate=0.3), AddNoise(rate=0.5), "
+                          "DropChannel(rate=0.1), ScaleAmplitude(rate=0.5), "
+                          "PreEmphasis(coeff=0.97), AddGap(rate=0.2)]")
+    assert U.build_augmentations() == [] and U.build_augmentations(add_noise_r=0) == []
+    california = U.build_augmentations(**U.CALIFORNIA_AUGMENTATION)
+    assert str(california) == "[ShiftEvent(rate=0.99), AddNoise(rate=0.5), DropChannel(rate=0.1)]"
+    # the first copy of a half batch: the shift at half rate, nothing else
+    assert str(U.first_copy_chain(chain)) == "[ShiftEvent(rate=0.495)]"
+
+
+def test_generator_takes_a_list_or_the_upstream_keywords_alike(synthetic):
+    ids = np.load(synthetic["train"])
+    upstream = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=4, label_type="any",
+                               add_event_r=0.5, scale_amplitude_r=0.5, pre_emphasis=True,
+                               add_gap_r=0.5, **CALIFORNIA)
+    chain = U.build_augmentations(add_event_r=0.5, scale_amplitude_r=0.5, pre_emphasis=True,
+                                  add_gap_r=0.5, **U.CALIFORNIA_AUGMENTATION)
+    listed = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=4, augmentation=True,
+                             augmentations=chain)
+    assert str(upstream.augmentations) == str(chain)
+    assert not hasattr(upstream, "label_type")          # accepted, kept nowhere
+    for (xa, ya), (xb, yb) in zip(_batches(upstream, 3), _batches(listed, 3)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(ValueError, match="drop_channe_r.*not both"):
+        U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, augmentations=chain,
+                        drop_channe_r=0.1)
+    with pytest.raises(ValueError, match=r"augmentations\[1\] \(0\.5\) is not callable"):
+        U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, augmentations=[chain[0], 0.5])
+
+
+def test_generator_applies_any_transform_without_knowing_it(synthetic):
+    """A plain function is a transform: the second copies get it, the first copies
+    (no ``first_copy``) are only normalised."""
+    def silence_z(data, meta, rng):
+        data = data.copy()
+        data[:, 2] = 0.0
+        return data, meta
+
+    gen, _ = _gen(synthetic, augmentation=True, augmentations=[silence_z])
+    x, _ = gen[0]
+    batch = gen.batch_ids(0)
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        clean = np.stack([U.normalize(fh[t]["data"][()]) for t in batch[:4]])
+    np.testing.assert_array_equal(x[:4], clean)
+    assert (x[4:, :, 2] == 0).all()
+    np.testing.assert_array_equal(x[4:, :, :2], clean[:, :, :2])
 
 
 # ----------------------------------------------------------------- learning rate

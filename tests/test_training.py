@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import SMALL_HEAD, working_dir
 
-from utrans_loc import checkpoints, traces
+from utrans_loc import checkpoints, devices, traces
 import trainer1 as tr
 
 
@@ -26,11 +26,17 @@ def test_trainer_outputs(trained):
     report = open(os.path.join(out, "X_report.txt")).read()
     for key in ("input_hdf5:", "batch_size: 8", "n_train_traces:", "best_epoch:",
                 "time_taken_s:", "convmixer_filters: 16",
-                "foundation_weights_used: none (random initialisation)"):
+                "foundation_weights_used: none (random initialisation)",
+                "augmentation_chain: [ShiftEvent(rate=0.99), AddNoise(rate=0.5), "
+                "DropChannel(rate=0.1)]"):
         assert key in report
+    # label_type is accepted for upstream callers and passed on nowhere
+    assert "label_type" not in report
+    assert "label_type" not in open(os.path.join(out, "run_config.json")).read()
 
 
-def test_same_seed_same_loss_also_preloaded_and_timing_columns(trained, synthetic, tmp_path):
+def test_same_seed_same_loss_also_preloaded_and_timing_columns(trained, synthetic, tmp_path,
+                                                               capsys):
     """The shared run's settings and seed again, with the traces preloaded: the same
     first-epoch loss (same batches, same initialisation, same augmentation)."""
     with working_dir(tmp_path):
@@ -39,6 +45,10 @@ def test_same_seed_same_loss_also_preloaded_and_timing_columns(trained, syntheti
                              mode="pre_load_generator", batch_size=8, epochs=1,
                              foundation_weights="none", learning_rate=1e-3, seed=5, verbose=0,
                              **SMALL_HEAD)
+        # the start-up line names the device the run computes on
+        started = [line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("trainer1: ") and "validation traces" in line]
+        assert len(started) == 1 and f"on {devices.device_description()}," in started[0]
         with pytest.raises(ValueError, match="max_preload_gb=0.0001"):
             tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
                         input_validset=synthetic["valid"], output_name="pre2",

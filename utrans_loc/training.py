@@ -1,7 +1,8 @@
 """trainer1's run, step by step: open the run, check the data, build, fit, write.
 
-``01_train/trainer1.py`` holds the upstream signature, its documentation and
-the command line; it hands one :class:`TrainConfig` to :func:`run`. Each step
+``01_train/trainer1.py`` holds the upstream signature; its documentation, its
+command line and :class:`TrainConfig` come from one table of options
+(:mod:`utrans_loc.options`). trainer1 hands one TrainConfig to :func:`run`. Each step
 below is one function, so the main path reads in one screen and every detail
 is one call away. Device and distribution specifics stay in
 :mod:`utrans_loc.devices`, file safety and resume in :mod:`utrans_loc.files`
@@ -11,6 +12,7 @@ and :mod:`utrans_loc.run_state`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -21,62 +23,17 @@ import numpy as np
 
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
-from utrans_loc import devices, files, run_state, splits
+from utrans_loc import devices, files, options, run_state, splits
 from utrans_loc.checkpoints import HEAD_KEYS, MODEL_CONFIG_NAME, write_model_config
 from utrans_loc.figures import plot_history
+from utrans_loc.options import MODES
 from utrans_loc.traces import TraceError, check_max_preload_gb, check_preload
 
 RUN_CONFIG = "run_config.json"
-MODES = ("generator", "pre_load_generator")
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every trainer1 parameter (documented in ``trainer1``), in its order."""
-
-    input_hdf5: str | None
-    input_trainset: str
-    input_validset: str
-    output_name: str
-    input_dimention: tuple
-    shuffle: bool
-    label_type: str
-    normalization_mode: str
-    augmentation: bool
-    add_event_r: float | None
-    shift_event_r: float | None
-    add_noise_r: float | None
-    drop_channel_r: float | None
-    add_gap_r: float | None
-    scale_amplitude_r: float | None
-    pre_emphasis: bool
-    mode: str
-    max_preload_gb: float
-    batch_size: int
-    epochs: int
-    monitor: str
-    patience: int
-    multi_gpu: bool
-    number_of_gpus: int
-    gpuid: int | None
-    gpu_limit: float | None
-    use_multiprocessing: bool
-    workers: int
-    max_d: float
-    min_d: float
-    foundation_weights: str | None
-    learning_rate: float
-    convmixer_filters: int
-    convmixer_depth: int
-    convmixer_kernel: int
-    convmixer_patch: int
-    seed: int | None
-    verbose: int
-    resume: bool
-    bandpass: bool
-    mixed_precision: str
-    jit_compile: bool | None
-    allow_overlap: bool
+class _TrainConfigMethods:
+    """What TrainConfig derives from its fields."""
 
     @property
     def head(self):
@@ -86,6 +43,17 @@ class TrainConfig:
     def name(self):
         """The checkpoint and figure prefix (the last part of output_name)."""
         return os.path.basename(self.output_name)
+
+
+# One field per row of options.TRAIN_OPTIONS, with its default. An ignored
+# option (label_type) is accepted, as callers pass every trainer1 parameter,
+# and not kept: it reaches neither the generators nor run_config.json.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", options.config_fields(options.TRAIN_OPTIONS), bases=(_TrainConfigMethods,),
+    frozen=True)
+TrainConfig.__module__ = __name__   # (make_dataclass's module= needs Python 3.12)
+TrainConfig.__doc__ = ("Every trainer1 parameter (documented in ``trainer1``, declared in "
+                       ":data:`utrans_loc.options.TRAIN_OPTIONS`), in its order.")
 
 
 @dataclasses.dataclass
@@ -138,7 +106,8 @@ def train(cfg, run_, start):
     initial_epoch = restore(cfg, run_, callbacks, train_gen)
     print(f"trainer1: {len(data['input_trainset'])} training / {len(data['input_validset'])} "
           f"validation traces, {model.count_params():,} parameters, "
-          f"{devices.replica_count(model)} replica(s), foundation weights: "
+          f"{devices.replica_count(model)} replica(s) on {devices.device_description()}, "
+          f"foundation weights: "
           f"{weights_note(run_, weights)}")
     if initial_epoch < cfg.epochs and not (run_.state and run_.state.get("stopped_early")):
         # shuffle=False: the generator shuffles itself each epoch; Keras must not
@@ -212,20 +181,24 @@ def check_data(cfg):
 def make_generators(cfg, data):
     """The training generator (augmented, shuffled) and the validation one (neither)."""
     common = dict(file_name=cfg.input_hdf5, dim=cfg.input_dimention, batch_size=cfg.batch_size,
-                  norm_mode=cfg.normalization_mode, label_type=cfg.label_type, max_d=cfg.max_d,
-                  min_d=cfg.min_d, workers=cfg.workers,
+                  norm_mode=cfg.normalization_mode, max_d=cfg.max_d, min_d=cfg.min_d,
+                  workers=cfg.workers,
                   use_multiprocessing=cfg.use_multiprocessing, bandpass=cfg.bandpass,
                   preload=cfg.mode == "pre_load_generator", max_preload_gb=cfg.max_preload_gb,
                   seed=cfg.seed)
-    train = U.DataGenerator(
-        data["input_trainset"], shuffle=cfg.shuffle, augmentation=cfg.augmentation,
-        add_event_r=cfg.add_event_r, add_gap_r=cfg.add_gap_r, shift_event_r=cfg.shift_event_r,
-        add_noise_r=cfg.add_noise_r, drop_channe_r=cfg.drop_channel_r,
-        scale_amplitude_r=cfg.scale_amplitude_r, pre_emphasis=cfg.pre_emphasis,
-        metadata=data["input_trainset_meta"], **common)
+    train = U.DataGenerator(data["input_trainset"], shuffle=cfg.shuffle,
+                            augmentation=cfg.augmentation, augmentations=augmentations(cfg),
+                            metadata=data["input_trainset_meta"], **common)
     valid = U.DataGenerator(data["input_validset"], shuffle=False, augmentation=False,
                             metadata=data["input_validset_meta"], **common)
     return train, valid
+
+
+def augmentations(cfg):
+    """The training chain: :func:`build_augmentations` of the options named like its
+    parameters (so a new augmentation needs no line here)."""
+    names = inspect.signature(U.build_augmentations).parameters
+    return U.build_augmentations(**{name: getattr(cfg, name) for name in names})
 
 
 def build_model(cfg, weights, run_):
@@ -349,6 +322,7 @@ def write_outputs(cfg, run_, data, model, weights, callbacks, start):
 def report_items(cfg, data, model, weights_note_, result):
     """X_report.txt: every parameter, data sizes, outcome."""
     return [*dataclasses.asdict(cfg).items(),
+            ("augmentation_chain", augmentations(cfg) if cfg.augmentation else "off"),
             ("foundation_weights_used", weights_note_),
             ("keras_backend", keras.backend.backend()), ("keras_version", keras.__version__),
             ("n_train_traces", len(data["input_trainset"])),
