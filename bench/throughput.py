@@ -100,7 +100,7 @@ def generator_rate(data, batch_size, min_seconds=5.0):
     ids = load_ids(data["train"])
     gen = U.DataGenerator(ids, data["hdf5"], batch_size=batch_size, seed=0,
                           metadata=read_metadata(data["hdf5"], ids), augmentation=True,
-                          **U.CALIFORNIA_AUGMENTATION)
+                          augmentations=U.build_augmentations(**U.CALIFORNIA_AUGMENTATION))
     cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cores)})
     try:
@@ -126,7 +126,8 @@ def model_rates(data, args, head):
 
     ids = load_ids(data["train"])
     x, y = U.DataGenerator(ids, data["hdf5"], batch_size=args.batch_size, seed=0,
-                           augmentation=True, **U.CALIFORNIA_AUGMENTATION)[0]
+                           augmentation=True,
+                           augmentations=U.build_augmentations(**U.CALIFORNIA_AUGMENTATION))[0]
     with precision_policy(args.precision):
         model = U.build_location_model(**head)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse", metrics=["mae"],
