@@ -165,20 +165,17 @@ def build_parser():
                    help="DataCollected HDF5, or a STEAD merge.hdf5/chunkN.hdf5 read directly "
                         "(see --bandpass)")
     p.add_argument("--input_testset", default=d["input_testset"], help=".npy of test trace ids")
-    p.add_argument("--input_model", required=True,
-                   help="location weights: trainer1 .weights.h5 or upstream Keras 2 .h5")
+    cli.add_input_model(p)
     cli.add_output_name(p, d)
     p.add_argument("--max_d", type=float, default=d["max_d"],
                    help="depth normalisation maximum (km); default: from the checkpoint's "
                         f"model_config.json, else {U.MAX_D}")
     p.add_argument("--min_d", type=float, default=d["min_d"],
                    help=f"depth normalisation minimum (km); default: model_config.json, else {U.MIN_D}")
-    p.add_argument("--batch_size", type=int, default=d["batch_size"],
-                   help="traces per prediction batch")
-    p.add_argument("--estimate_uncertainty", action="store_true",
-                   help="Monte-Carlo dropout: sample the model and report the std")
-    p.add_argument("--number_of_sampling", type=int, default=d["number_of_sampling"],
-                   help="samples per trace with --estimate_uncertainty")
+    cli.add_prediction_options(
+        p, d, per="trace", batch_of="traces",
+        calibration_help="apply a saved calibration.json (fitted on this --input_model) instead "
+                         "of fitting one; needs --estimate_uncertainty")
     p.add_argument("--calibration_set", default=d["calibration_set"],
                    help=".npy of labeled trace ids in --input_hdf5 (e.g. valid_Events.npy): "
                         "sample it first, fit one std factor per quantity, write "
@@ -191,9 +188,6 @@ def build_parser():
                    help="validation split to check the test split against (default: as recorded)")
     p.add_argument("--allow_overlap", action="store_true",
                    help="no warning when the test split shares traces or earthquakes with them")
-    p.add_argument("--calibration", default=d["calibration"],
-                   help="apply a saved calibration.json (fitted on this --input_model) instead "
-                        "of fitting one; needs --estimate_uncertainty")
     p.add_argument("--normalization_mode", default=d["normalization_mode"], choices=["std", "max"],
                    help="normalisation used in training; default: model_config.json, else std")
     p.add_argument("--foundation_weights", default=d["foundation_weights"],
@@ -203,20 +197,15 @@ def build_parser():
                    help="trace shape; default: model_config.json, else 6000 3")
     cli.add_head_options(p, d, fallback=U.PUBLISHED_HEAD)
     cli.add_device_options(p, d)
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the Monte-Carlo sampling")
     p.add_argument("--bandpass", action=argparse.BooleanOptionalAction, default=d["bandpass"],
                    help="band-pass 1-45 Hz and taper on reading; default: as in training")
     cli.add_precision_option(p, d, "compute precision of the prediction (output layer stays "
                                    "float32); not taken from training: float32 is the reference")
-    p.add_argument("--verbose", type=int, default=d["verbose"], choices=[0, 1],
-                   help="progress bar and summary")
-    cli.add_debug(p)
-    return p
+    return cli.add_summary_options(p, d)
 
 
 def main(argv=None):
-    args = vars(build_parser().parse_args(argv))
-    return cli.run_main(tester1, args, "tester1")
+    return cli.run_main(tester1, vars(build_parser().parse_args(argv)), "tester1")
 
 
 if __name__ == "__main__":

@@ -130,8 +130,7 @@ def build_parser():
                    help="StationXML, or CSV network,station,latitude,longitude (channels E/N/Z)")
     p.add_argument("--input_picks", required=True,
                    help="CSV network,station,p_time[,event_id,location,p_position_s] or QuakeML")
-    p.add_argument("--input_model", required=True,
-                   help="location weights: trainer1 .weights.h5 or upstream Keras 2 .h5")
+    cli.add_input_model(p)
     cli.add_output_name(p, d)
     p.add_argument("--p_position_s", type=float, default=d["p_position_s"],
                    help="seconds from window start to the P pick; default: model_config.json, "
@@ -143,26 +142,16 @@ def build_parser():
                    help="band+instrument codes tried in order, comma-separated")
     p.add_argument("--max_gap_s", type=float, default=d["max_gap_s"],
                    help="longest gap inside a window that is interpolated (s)")
-    p.add_argument("--estimate_uncertainty", action="store_true",
-                   help="Monte-Carlo dropout: sample the model and report the std")
-    p.add_argument("--number_of_sampling", type=int, default=d["number_of_sampling"],
-                   help="samples per pick with --estimate_uncertainty")
-    p.add_argument("--calibration", default=d["calibration"],
-                   help="calibration.json of tester1 for this model (scales the std)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the Monte-Carlo sampling")
-    p.add_argument("--batch_size", type=int, default=d["batch_size"],
-                   help="windows per prediction batch")
+    cli.add_prediction_options(
+        p, d, per="pick", batch_of="windows",
+        calibration_help="calibration.json of tester1 for this model (scales the std)")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=d["figures"],
                    help="write figures/map.png")
-    p.add_argument("--verbose", type=int, default=d["verbose"], choices=[0, 1],
-                   help="progress bar and summary")
-    cli.add_debug(p)
-    return p
+    return cli.add_summary_options(p, d)
 
 
 def main(argv=None):
-    args = vars(build_parser().parse_args(argv))
-    return cli.run_main(locator, args, "locator")
+    return cli.run_main(locator, vars(build_parser().parse_args(argv)), "locator")
 
 
 if __name__ == "__main__":

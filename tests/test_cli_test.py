@@ -9,6 +9,7 @@ from conftest import PARITY, READ, need, run_main, run_script, working_dir
 import EqT_utils_Loc_California as U
 import reader as rd
 import tester1 as te
+from utrans_loc import devices
 
 
 def test_tester_refuses_existing_folder_and_bad_model(trained, synthetic, tmp_path):
@@ -65,3 +66,12 @@ def test_a_test_split_naming_a_trace_twice_is_refused(synthetic, trained, tmp_pa
         te.tester1(input_hdf5=synthetic["hdf5"], input_testset="twice.npy",
                    input_model=trained["best_weights"], output_name="twice", verbose=0)
     assert not (tmp_path / "twice_outputs").exists()
+
+
+def test_tester_names_its_device_in_the_start_up_line(synthetic, trained, tmp_path, capsys):
+    with working_dir(tmp_path):
+        te.tester1(input_hdf5=synthetic["hdf5"], input_testset=synthetic["test"],
+                   input_model=trained["best_weights"], output_name="dev", verbose=1)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"tester1: predicting {len(np.load(synthetic['test']))} trace(s) of ")
+    assert first.endswith(" on " + devices.device_description())     # e.g. 'CPU: no GPU visible'

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "04_locate"))
 
 import EqT_utils_Loc_California as U  # noqa: E402
 import locator as lc  # noqa: E402
-from utrans_loc import checkpoints, cli, locate, waveforms  # noqa: E402
+from utrans_loc import checkpoints, cli, devices, locate, waveforms  # noqa: E402
 
 CKPT = PARITY / "location_ckpt_keras2.h5"
 PRED = ["pred_event_lat", "pred_event_lon", "pred_depth_km"]
@@ -398,10 +398,13 @@ def test_nothing_located_is_exit_2_and_existing_folder_is_refused(files, tmp_pat
     bad.to_csv(tmp_path / "bad.csv", index=False)
     args = ["--input_waveforms", files["waveforms"], "--input_inventory", files["inventory"],
             "--input_picks", str(tmp_path / "bad.csv"), "--input_model", need(CKPT),
-            "--output_name", "none", "--verbose", "0"]
+            "--output_name", "none", "--verbose", "1"]
     with working_dir(tmp_path):
         assert lc.main(args) == 2
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
+        # the start-up line names the picks and the device, before any pick is skipped
+        assert out.splitlines()[0] == (f"locator: locating 2 pick(s) of {tmp_path / 'bad.csv'} "
+                                       f"with {need(CKPT)} on {devices.device_description()}")
         assert "nothing could be located: all 2 pick(s) skipped" in err
         assert err.count("locator: skipped TA.XXXX at ") == 2
         assert not (tmp_path / "none_outputs").exists()

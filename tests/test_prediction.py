@@ -1,4 +1,5 @@
-"""utrans_loc/prediction.py: tester1's run and predict_samples (batching, timings, parity)."""
+"""utrans_loc/prediction.py: tester1's run, predict_samples (batching, timings, parity, the
+two batch sources) and the results table's columns."""
 
 import os
 
@@ -7,7 +8,7 @@ import pandas as pd
 from conftest import PARITY, SMALL_HEAD, need, working_dir
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints
+from utrans_loc import checkpoints, prediction
 import tester1 as te
 
 
@@ -40,6 +41,13 @@ def test_tester_pads_the_last_batch_and_reports_timings(trained, synthetic, tmp_
     assert padded.shape == (13, 3)
     np.testing.assert_allclose(padded, whole, rtol=1e-5, atol=1e-6)
     assert timings["compile_s"] > 0 and timings["predict_s"] > 0
+    # the in-memory source (the locator's) gives the generator's outputs bit for bit
+    x = U.DataGeneratorPrediction(ids, synthetic["hdf5"], batch_size=13)[0][0]
+    in_memory = prediction.ArrayBatches(x, 5)
+    assert isinstance(in_memory, prediction.BatchSource)
+    assert isinstance(U.DataGeneratorPrediction(ids, synthetic["hdf5"]), prediction.BatchSource)
+    np.testing.assert_array_equal(te.predict_samples(model, in_memory, progress=False), padded)
+    assert prediction.ArrayBatches(x[:3], 40).batch_size == 3     # a few windows: no batch of 40
     # the warm-up compile leaves the Monte-Carlo samples of a seed unchanged
     gen = lambda: U.DataGeneratorPrediction(ids, synthetic["hdf5"], batch_size=5)  # noqa: E731
     plain = te.predict_samples(model, gen(), n_samples=3, seed=5, progress=False)
@@ -55,3 +63,26 @@ def test_tester_pads_the_last_batch_and_reports_timings(trained, synthetic, tmp_
     for key in ("time_setup_s:", "time_compile_s:", "time_predict_s:", "time_write_s:",
                 "traces_per_s_after_setup:"):
         assert key in report
+
+
+def test_results_table_is_the_truth_beside_the_location_columns():
+    meta = pd.DataFrame({"trace_name": ["a", "b"], "station_lat": [34.0, 35.0],
+                         "station_lon": [-118.0, -117.0], "event_lat": [34.1, np.nan],
+                         "event_lon": [-118.2, np.nan], "depth_km": [5.0, np.nan],
+                         "snr_db": [10.0, 20.0]})
+    pred = np.random.default_rng(0).uniform(0.0, 0.5, (4, 2, 3))
+    columns = prediction.location_columns(meta["station_lat"], meta["station_lon"], pred,
+                                          U.MAX_D, U.MIN_D)
+    assert list(columns) == ["pred_event_lat", "pred_event_lon", "pred_depth_km",
+                             "pred_event_lat_std", "pred_event_lon_std", "pred_depth_km_std",
+                             "pred_event_lat_std_km", "pred_event_lon_std_km",
+                             "pred_epicentre_std_km"]
+    table = prediction.results_table(meta, pred, U.MAX_D, U.MIN_D)
+    assert list(table.columns) == ["trace_name", "station_lat", "station_lon", "event_lat",
+                                   "event_lon", "depth_km", *columns, "snr_db"]
+    for name, values in columns.items():
+        np.testing.assert_array_equal(table[name].to_numpy(), values)
+    one = prediction.location_columns(meta["station_lat"], meta["station_lon"], pred[0],
+                                      U.MAX_D, U.MIN_D)
+    assert list(one) == ["pred_event_lat", "pred_event_lon", "pred_depth_km"]
+    np.testing.assert_array_equal(one["pred_event_lat"], meta["station_lat"] - pred[0, :, 0])

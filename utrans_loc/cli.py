@@ -76,6 +76,40 @@ def add_debug(parser):
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
+def add_input_model(parser):
+    """--input_model of a stage that predicts (tester1, locator)."""
+    parser.add_argument("--input_model", required=True,
+                        help="location weights: trainer1 .weights.h5 or upstream Keras 2 .h5")
+
+
+def add_prediction_options(parser, defaults, per, batch_of, calibration_help):
+    """--estimate_uncertainty, --number_of_sampling, --calibration, --seed, --batch_size.
+
+    The sampling and batching of a stage that predicts (tester1, locator):
+    ``per`` names one input in the help ('trace', 'pick'), ``batch_of`` what a
+    batch holds ('traces', 'windows'); ``calibration_help`` says where the
+    calibration comes from.
+    """
+    parser.add_argument("--estimate_uncertainty", action="store_true",
+                        help="Monte-Carlo dropout: sample the model and report the std")
+    parser.add_argument("--number_of_sampling", type=int, default=defaults["number_of_sampling"],
+                        help=f"samples per {per} with --estimate_uncertainty")
+    parser.add_argument("--calibration", default=defaults["calibration"], help=calibration_help)
+    parser.add_argument("--seed", type=int, default=defaults["seed"],
+                        help="seed of the Monte-Carlo sampling")
+    parser.add_argument("--batch_size", type=int, default=defaults["batch_size"],
+                        help=f"{batch_of} per prediction batch")
+
+
+def add_summary_options(parser, defaults):
+    """--verbose (0 or 1: progress bar and summary) and --debug, a predicting stage's last
+    options; returns the parser."""
+    parser.add_argument("--verbose", type=int, default=defaults["verbose"], choices=[0, 1],
+                        help="progress bar and summary")
+    add_debug(parser)
+    return parser
+
+
 def prepare_environment(argv=None):
     """Set backend environment variables from the command line, before keras loads.
 

@@ -6,9 +6,10 @@ becomes a model window (:mod:`utrans_loc.waveforms`), band-passed as the
 training data were (:func:`utrans_loc.traces.bandpass_taper`) and normalised
 as tester1 does (``U.normalize``), so a STEAD trace written to files gets
 tester1's prediction. Prediction, Monte-Carlo samples and the std columns
-are tester1's (:func:`utrans_loc.prediction.predict_samples`,
-:func:`~utrans_loc.prediction.results_table`); a saved calibration scales the
-std (:mod:`utrans_loc.uncertainty`). The picks of one event are combined into
+are tester1's (:func:`utrans_loc.prediction.predict_samples` over an
+:class:`~utrans_loc.prediction.ArrayBatches` of the windows,
+:func:`~utrans_loc.prediction.location_columns`); a saved calibration scales
+the std (:mod:`utrans_loc.uncertainty`). The picks of one event are combined into
 a preferred origin (:func:`combine_estimates`) and written as QuakeML with
 ObsPy (:func:`build_catalog`).
 
@@ -33,8 +34,7 @@ from obspy.core.event import (Arrival, Catalog, Comment, CreationInfo, Event, Or
                               ResourceIdentifier, WaveformStreamID)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, files, metrics, uncertainty, waveforms
-from utrans_loc.prediction import predict_samples, read_saved_calibration, results_table
+from utrans_loc import checkpoints, files, metrics, prediction, uncertainty, waveforms
 from utrans_loc.traces import bandpass_taper, check_finite
 
 DEFAULT_P_POSITION_S = 7.0
@@ -68,7 +68,7 @@ class LocateConfig:
 
     @property
     def n_samples(self):
-        return int(self.number_of_sampling) if self.estimate_uncertainty else 1
+        return prediction.sampling_count(self.estimate_uncertainty, self.number_of_sampling)
 
 
 def run(cfg, model=None):
@@ -85,8 +85,11 @@ def run(cfg, model=None):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} file not found: {path}")
     settings = model_settings(cfg)
-    calibration = read_saved_calibration(cfg)     # checked against input_model's sha256
+    calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
     picks = waveforms.read_picks(cfg.input_picks)
+    if cfg.verbose:
+        print(prediction.start_line("locator", f"locating {len(picks)} pick(s) of "
+                                               f"{cfg.input_picks} with {cfg.input_model}"))
     stations = waveforms.read_stations(cfg.input_inventory)
     traces = waveforms.read_waveforms(cfg.input_waveforms,
                                       set(zip(picks["network"], picks["station"])))
@@ -103,10 +106,9 @@ def run(cfg, model=None):
         build_start = time.time()
         model, loaded = checkpoints.build_from_checkpoint(cfg.input_model, settings)
         timings["build_s"] = time.time() - build_start
-    # A short last batch is padded to the batch size: a few picks need no batch of 40.
-    batches = Batches(x, min(int(cfg.batch_size), len(x)))
-    pred = predict_samples(model, batches, cfg.n_samples, seed=cfg.seed,
-                           progress=cfg.verbose > 0, timings=timings)
+    pred = prediction.predict_samples(model, prediction.ArrayBatches(x, cfg.batch_size),
+                                      cfg.n_samples, seed=cfg.seed, progress=cfg.verbose > 0,
+                                      timings=timings, label="locator")
     table = locations_table(located, pred, settings, calibration)
     catalog, combined = build_catalog(table, cfg, settings)
     os.makedirs(output_dir)
@@ -124,13 +126,7 @@ def run(cfg, model=None):
 
 def check_parameters(cfg):
     """Reject impossible settings before any file is read."""
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
-        raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
-    if cfg.calibration and not cfg.estimate_uncertainty:
-        raise ValueError("calibration scales the Monte-Carlo spread: it needs "
-                         "estimate_uncertainty")
+    prediction.check_sampling_options(cfg)
     if not cfg.max_gap_s >= 0:
         raise ValueError(f"max_gap_s must be >= 0, got {cfg.max_gap_s}")
     if not cfg.channel_priority or any(len(c) != 2 for c in cfg.channel_priority):
@@ -217,35 +213,18 @@ def model_input(windows, settings):
     return x
 
 
-class Batches:
-    """An in-memory array served in batches as ``predict_samples`` reads a generator."""
-
-    def __init__(self, x, batch_size):
-        self.x, self.batch_size, self.dim = x, int(batch_size), tuple(x.shape[1:])
-
-    def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def __getitem__(self, index):
-        return (self.x[index * self.batch_size:(index + 1) * self.batch_size],)
-
-
 def locations_table(located, pred, settings, calibration=None):
     """One row per located pick: station, prediction (std when sampled), how the data were used.
 
-    Built by tester1's :func:`~utrans_loc.prediction.results_table` (the
-    prediction and std columns are the same) without truth columns, plus the
-    approximate origin time (:func:`origin_time`).
+    The prediction and std columns are tester1's
+    (:func:`~utrans_loc.prediction.location_columns`); added: the approximate
+    origin time (:func:`origin_time`).
     """
-    meta = located.copy()
-    meta.insert(0, "trace_name", [f"{n}.{s}.{t}" for n, s, t in
-                                  zip(meta["network"], meta["station"], meta["p_time"])])
-    for col in ("event_lat", "event_lon", "depth_km"):
-        meta[col] = np.nan
-    table = results_table(meta, pred, settings["max_d"], settings["min_d"])
+    table = located.assign(**prediction.location_columns(
+        located["station_lat"].to_numpy(), located["station_lon"].to_numpy(), pred,
+        settings["max_d"], settings["min_d"]))
     if calibration is not None:
         table = uncertainty.apply_calibration(table, calibration)
-    table = table.drop(columns=["trace_name", "event_lat", "event_lon", "depth_km"])
     distance, when = origin_time(table["p_time"], table["station_lat"], table["station_lon"],
                                  table["pred_event_lat"], table["pred_event_lon"],
                                  table["pred_depth_km"])

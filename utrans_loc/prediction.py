@@ -5,17 +5,21 @@ command line and hands one :class:`TestConfig` to :func:`run`. With a
 calibration (fitted here on ``calibration_set``, or a saved ``calibration``)
 the std columns are scaled by :mod:`utrans_loc.uncertainty` and the raw
 Monte-Carlo spread is kept beside them.
-:func:`predict_samples` (deterministic or Monte-Carlo) and
-:func:`results_table` are the library part, used by anything that predicts.
+:func:`predict_samples` (deterministic or Monte-Carlo) reads any
+:class:`BatchSource`; :func:`location_columns` turns its output into the
+prediction columns and :func:`results_table` adds the truth beside them. These
+are the library part, used by anything that predicts (the locator too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import keras
 import numpy as np
@@ -25,6 +29,73 @@ import EqT_utils_Loc_California as U
 import utrans_backbone as ub
 from utrans_loc import checkpoints, devices, files, metrics, splits, uncertainty
 from utrans_loc.uncertainty import mc_sampling_model
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What :func:`predict_samples` reads: batches of normalised model input.
+
+    ``U.DataGeneratorPrediction`` (traces of an HDF5 file) and
+    :class:`ArrayBatches` (windows already in memory) are the two sources.
+    """
+
+    batch_size: int      # a short last batch is padded to this size
+    dim: tuple           # the shape of one input, (npts, channels)
+
+    def __len__(self) -> int:
+        """Number of batches."""
+
+    def __getitem__(self, index: int) -> tuple:
+        """``(x,)``: batch ``index``, float32 of shape (n <= batch_size, *dim)."""
+
+
+class ArrayBatches:
+    """A :class:`BatchSource` over model input already in memory (N, *dim).
+
+    The batch size is capped at N: a few windows are padded to N, not to a
+    batch of 40.
+    """
+
+    def __init__(self, x, batch_size):
+        if not len(x):
+            raise ValueError("ArrayBatches: no model input to predict (x is empty)")
+        self.x, self.dim = x, tuple(x.shape[1:])
+        self.batch_size = min(int(batch_size), len(x))
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        return (self.x[index * self.batch_size:(index + 1) * self.batch_size],)
+
+
+def sampling_count(estimate_uncertainty, number_of_sampling):
+    """Forward passes per input: ``number_of_sampling`` with Monte-Carlo dropout, else 1."""
+    return int(number_of_sampling) if estimate_uncertainty else 1
+
+
+def check_sampling_options(cfg):
+    """Reject a batch size, sample count or calibration a predicting stage cannot use.
+
+    ``cfg`` has ``batch_size``, ``estimate_uncertainty``, ``number_of_sampling``
+    and ``calibration`` (and, for tester1, ``calibration_set``).
+    """
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
+        raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
+    if getattr(cfg, "calibration_set", None) and cfg.calibration:
+        raise ValueError("give calibration_set (fit a new calibration) or calibration (reuse a "
+                         "saved one), not both")
+    for name in ("calibration_set", "calibration"):
+        if getattr(cfg, name, None) and not cfg.estimate_uncertainty:
+            raise ValueError(f"{name} scales the Monte-Carlo spread: it needs "
+                             "estimate_uncertainty")
+
+
+def start_line(prog, what):
+    """The first status line of a predicting stage: what it does and on which device."""
+    return f"{prog}: {what} on {devices.device_description()}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +134,7 @@ class TestConfig:
 
     @property
     def n_samples(self):
-        return int(self.number_of_sampling) if self.estimate_uncertainty else 1
+        return sampling_count(self.estimate_uncertainty, self.number_of_sampling)
 
 
 def run(cfg):
@@ -86,6 +157,9 @@ def run(cfg):
     calibration = read_saved_calibration(cfg)
     calibration_meta = check_calibration_set(cfg, settings, test_ids)
     devices.configure_gpus(cfg.gpu_limit, cfg.gpuid)
+    if cfg.verbose:
+        print(start_line("tester1", f"predicting {len(test_ids)} trace(s) of "
+                                    f"{cfg.input_testset} with {cfg.input_model}"))
     weights = ub.resolve_foundation_weights(cfg.foundation_weights) \
         if str(cfg.foundation_weights).lower() != "none" else None
     model, loaded = checkpoints.build_from_checkpoint(cfg.input_model, settings, weights,
@@ -158,17 +232,7 @@ def check_parameters(cfg):
         raise ValueError("input_hdf5 is required")
     if not cfg.input_model:
         raise ValueError("input_model is required")
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.estimate_uncertainty and int(cfg.number_of_sampling) < 2:
-        raise ValueError(f"number_of_sampling must be >= 2, got {cfg.number_of_sampling}")
-    if cfg.calibration_set and cfg.calibration:
-        raise ValueError("give calibration_set (fit a new calibration) or calibration (reuse a "
-                         "saved one), not both")
-    for name in ("calibration_set", "calibration"):
-        if getattr(cfg, name) and not cfg.estimate_uncertainty:
-            raise ValueError(f"{name} scales the Monte-Carlo spread: it needs "
-                             "estimate_uncertainty")
+    check_sampling_options(cfg)
 
 
 def prediction_generator(ids, cfg, settings):
@@ -276,8 +340,11 @@ def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n, c
          round(n / max(timings["predict_s"] + timings["write_s"], 1e-9), 1))]
 
 
-def predict_samples(model, generator, n_samples=1, seed=None, progress=True, timings=None):
+def predict_samples(model, generator, n_samples=1, seed=None, progress=True, timings=None,
+                    label="tester1"):
     """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples.
+
+    ``generator`` is a :class:`BatchSource`; ``label`` names the progress bar.
 
     Deterministic: ``predict_on_batch``, bit for bit the plain prediction.
     Sampling: a copy of the model with its dropout-type layers always on
@@ -314,7 +381,7 @@ def predict_samples(model, generator, n_samples=1, seed=None, progress=True, tim
     # One thread reads and normalises the next batch while this one is predicted.
     with ThreadPoolExecutor(max_workers=1) as loader:
         pending = loader.submit(generator.__getitem__, 0) if len(generator) else None
-        for index in tqdm(range(len(generator)), desc="tester1", unit="batch",
+        for index in tqdm(range(len(generator)), desc=label, unit="batch",
                           disable=not progress):
             (x,) = pending.result()
             if index + 1 < len(generator):
@@ -326,23 +393,51 @@ def predict_samples(model, generator, n_samples=1, seed=None, progress=True, tim
     return pred[0] if n_samples == 1 else pred
 
 
-def results_table(meta, pred, max_d, min_d):
-    """One row per trace: metadata, truth and predicted location (and std with sampling)."""
+def location_columns(station_lat, station_lon, pred, max_d, min_d):
+    """The prediction columns of a results table, from model outputs and station coordinates.
+
+    Parameters
+    ----------
+    station_lat, station_lon : array_like, shape (N,)
+        Station coordinates (degrees) of the N inputs.
+    pred : numpy.ndarray
+        :func:`predict_samples`' output: (N, 3), or (n_samples, N, 3).
+    max_d, min_d : float
+        The depth normalisation range (km) of the model.
+
+    Returns
+    -------
+    dict
+        Column name -> (N,) array, in table order: ``pred_event_lat``,
+        ``pred_event_lon``, ``pred_depth_km`` (the sample mean), and with
+        samples their std (degrees, km) and ``pred_event_lat_std_km``,
+        ``pred_event_lon_std_km``, ``pred_epicentre_std_km``.
+    """
     samples = pred if pred.ndim == 3 else pred[None]
-    lat, lon, depth = np.stack([
-        U.prediction_to_location(meta["station_lat"].to_numpy(), meta["station_lon"].to_numpy(),
-                                 sample, max_d, min_d) for sample in samples], axis=1)
-    out = meta[["trace_name", "station_lat", "station_lon", "event_lat", "event_lon",
-                "depth_km"]].copy()
-    out["pred_event_lat"] = lat.mean(axis=0)
-    out["pred_event_lon"] = lon.mean(axis=0)
-    out["pred_depth_km"] = depth.mean(axis=0)
+    station_lat, station_lon = np.asarray(station_lat), np.asarray(station_lon)
+    lat, lon, depth = np.stack([U.prediction_to_location(station_lat, station_lon, sample,
+                                                         max_d, min_d)
+                                for sample in samples], axis=1)
+    out = {"pred_event_lat": lat.mean(axis=0), "pred_event_lon": lon.mean(axis=0),
+           "pred_depth_km": depth.mean(axis=0)}
     if pred.ndim == 3:
-        out["pred_event_lat_std"] = lat.std(axis=0)
-        out["pred_event_lon_std"] = lon.std(axis=0)
-        out["pred_depth_km_std"] = depth.std(axis=0)
+        out.update(pred_event_lat_std=lat.std(axis=0), pred_event_lon_std=lon.std(axis=0),
+                   pred_depth_km_std=depth.std(axis=0))
         (out["pred_event_lat_std_km"], out["pred_event_lon_std_km"],
          out["pred_epicentre_std_km"]) = metrics.sample_spread_km(lat, lon)
+    return out
+
+
+def results_table(meta, pred, max_d, min_d):
+    """One row per trace: metadata, truth and predicted location (and std with sampling).
+
+    ``meta`` has the truth columns (``event_lat, event_lon, depth_km``, NaN for
+    unlabeled traces); the prediction columns are :func:`location_columns`.
+    """
+    out = meta[["trace_name", "station_lat", "station_lon", "event_lat", "event_lon",
+                "depth_km"]].copy()
+    out = out.assign(**location_columns(meta["station_lat"].to_numpy(),
+                                        meta["station_lon"].to_numpy(), pred, max_d, min_d))
     extra = [c for c in meta.columns if c not in out.columns]
     return out.join(meta[extra])
 
