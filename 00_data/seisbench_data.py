@@ -26,8 +26,9 @@ ObsPy's Lanczos interpolation, the locator's resampler);
 6000 samples with the P arrival inside (longer traces are cut, shorter ones
 zero-padded at the end); band-passed and tapered as the DataCollected files are
 (:func:`utrans_loc.traces.bandpass_taper`); the SeisBench metadata under the
-upstream attribute names. The build steps (shards, resume, splits by event,
-reports, commit) are the STEAD builder's (:func:`stead_california.build_dataset`).
+upstream attribute names (:mod:`utrans_loc.vocabulary`). :class:`SeisBenchSource`
+hands this to the shared engine (:func:`build_engine.build_dataset`: shards,
+resume, splits by event, reports, commit), as the STEAD builder does.
 
 Must not import keras.
 """
@@ -49,41 +50,42 @@ for _p in (str(_HERE.parent), str(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import stead_california as sc  # noqa: E402
+import build_engine as engine  # noqa: E402
+from california import region_from_options  # noqa: E402
 from utrans_loc import traces as T  # noqa: E402
+from utrans_loc import vocabulary  # noqa: E402
+from utrans_loc.waveforms import (NPTS, P_LEAD_SAMPLES, SAMPLING_RATE,  # noqa: E402
+                                  resample_to_100hz)
 
 __all__ = ["Chunk", "find_chunks", "read_data_format", "parse_trace_name", "read_trace",
            "to_window", "select_seisbench", "SeisBenchSource", "build_from_seisbench",
            "DATASET_SPLITS"]
 
-SAMPLING_RATE = 100.0
-NPTS = 6000
-P_LEAD_SAMPLES = 1000   # where P goes when a long trace must be cut: 10 s into the window
 # The dataset's own split values -> the three split files.
 DATASET_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 
-# SeisBench metadata column -> STEAD attribute name (then T.stead_to_upstream, exactly
-# as a STEAD file's attributes are mapped).
-_TO_STEAD = {
-    "station_latitude_deg": "receiver_latitude", "station_longitude_deg": "receiver_longitude",
-    "source_latitude_deg": "source_latitude", "source_longitude_deg": "source_longitude",
-    "source_depth_km": "source_depth_km", "source_magnitude": "source_magnitude",
-    "source_magnitude_type": "source_magnitude_type", "source_id": "source_id",
-    "source_origin_time": "source_origin_time", "station_network_code": "network_code",
-    "station_code": "receiver_code", "trace_snr_db": "snr_db",
-    "path_ep_distance_km": "source_distance_km", "path_back_azimuth_deg": "back_azimuth_deg",
-    "trace_start_time": "trace_start_time",
-}
-_SAMPLE_COLUMNS = {"trace_p_arrival_sample": "p_arrival_sample",
-                   "trace_s_arrival_sample": "s_arrival_sample",
-                   "trace_coda_end_sample": "coda_end_sample"}
-_REQUIRED = ("trace_name", "station_latitude_deg", "station_longitude_deg",
-             "source_latitude_deg", "source_longitude_deg", "source_depth_km")
-_TEXT = ("trace_name", "trace_name_original", "source_id", "source_origin_time",
-         "station_network_code", "station_code", "trace_category", "source_type", "split",
-         "trace_component_order", "source_magnitude_type", "trace_start_time", "trace_snr_db")
+
+def _seisbench(*fields):
+    """SeisBench metadata column names of canonical fields."""
+    return tuple(vocabulary.name(f, "seisbench") for f in fields)
+
+
+# Sample positions: moved onto the 100 Hz window before they are kept.
+_SAMPLE_FIELDS = ("p_arrival_sample", "s_arrival_sample", "coda_end_sample")
+_SAMPLE_COLUMNS = vocabulary.mapping("seisbench", "stead", fields=_SAMPLE_FIELDS)
+# The other fields T.stead_to_upstream keeps (the category is derived, see _attrs):
+# SeisBench column -> STEAD name, then mapped exactly as a STEAD file's attributes are.
+_TO_STEAD = {sb: st for sb, st in vocabulary.mapping("seisbench", "stead").items()
+             if st in set(T.STEAD_TO_UPSTREAM) | set(T.STEAD_EXTRAS)
+             and st not in set(_SAMPLE_COLUMNS.values()) | {"trace_category"}}
+_LOCATION = _seisbench(*engine.LOCATION_FIELDS, "depth_km")   # must be known
+_REQUIRED = ("trace_name",) + _LOCATION
+_TEXT = ("trace_name", "trace_name_original", "source_type", "split",
+         "trace_component_order") + _seisbench(
+    "source_id", "source_origin_time", "network_code", "receiver_code", "data_category",
+    "magnitude_type", "trace_start_time", "snr_db")
 _USED = tuple(dict.fromkeys(_REQUIRED + _TEXT + tuple(_TO_STEAD) + tuple(_SAMPLE_COLUMNS) + (
-    "trace_sampling_rate_hz", "trace_dt_s", "source_magnitude")))
+    "trace_sampling_rate_hz", "trace_dt_s")))
 _EARTHQUAKE = re.compile(r"earthquake", re.IGNORECASE)
 
 
@@ -175,7 +177,8 @@ def parse_trace_name(trace_name):
         return name, ()
     bucket, _, location = name.partition("$")
     if "$" in location or not bucket:
-        raise ValueError(f"trace_name {name!r}: expected '<bucket>$<index>,:<channels>,:<samples>'")
+        raise ValueError(f"trace_name {name!r}: expected "
+                         "'<bucket>$<index>,:<channels>,:<samples>'")
     index = []
     for part in location.replace(" ", "").split(","):
         match = _SLICE.match(part)
@@ -233,28 +236,28 @@ def to_window(wave, components, sampling_rate, p_sample=math.nan):
 
     Raises
     ------
-    sc.SkipTrace
+    engine.SkipTrace
         Missing component ('components'), P outside the data ('p_outside').
     """
     letters = str(components).upper()
     if len(letters) != wave.shape[0]:
-        raise sc.SkipTrace("components", f"component order {components!r} names "
-                                         f"{len(letters)} channels, the trace has {wave.shape[0]}")
+        raise engine.SkipTrace("components", f"component order {components!r} names "
+                                             f"{len(letters)} channels, the trace has "
+                                             f"{wave.shape[0]}")
     missing = [c for c in "ENZ" if c not in letters]
     if missing:
-        raise sc.SkipTrace("components", f"no {'/'.join(missing)} component (order "
-                                         f"{components!r}); horizontals are not rotated here")
+        raise engine.SkipTrace("components", f"no {'/'.join(missing)} component (order "
+                                             f"{components!r}); horizontals are not rotated "
+                                             "here")
     enz = wave[[letters.index(c) for c in "ENZ"]]
     scale = SAMPLING_RATE / float(sampling_rate)
     if abs(scale - 1.0) > 1e-9:
-        from utrans_loc.waveforms import resample_to_100hz
-
         enz = np.stack([resample_to_100hz(c, sampling_rate) for c in enz])
     n = enz.shape[1]
     p = p_sample * scale if math.isfinite(p_sample) else math.nan
     if math.isfinite(p) and not 0 <= p < n:
-        raise sc.SkipTrace("p_outside", f"P arrival at sample {p_sample:g} is outside the "
-                                        f"{n}-sample trace")
+        raise engine.SkipTrace("p_outside", f"P arrival at sample {p_sample:g} is outside "
+                                            f"the {n}-sample trace")
     start = 0
     if n > NPTS and math.isfinite(p) and p >= NPTS - P_LEAD_SAMPLES:
         start = int(min(round(p) - P_LEAD_SAMPLES, n - NPTS))
@@ -309,12 +312,24 @@ def select_seisbench(chunks, region, use_dataset_split=False):
     neither column), station and event coordinates and depth are known, both
     lie in ``region``, and (``use_dataset_split``) its ``split`` is train, dev
     or test. ``selected`` has ``trace_name`` (the output id), ``input`` (chunk
-    index), ``row`` (row of that chunk's metadata) and ``split``.
+    index), ``row`` (row of that chunk's metadata) and ``split``. The steps
+    after reading are :func:`build_engine.select_rows`.
     """
     counts = {"rows_in": 0, "rows_in_per_file": [], "categories": {}, "category_column": None,
               "earthquakes": 0, "missing_coordinates": 0, "outside_region": 0,
               "no_dataset_split": 0, "duplicates": 0, "selected": 0}
-    selected, rejected, seen = [], [], set()
+    filters = [("no_dataset_split", lambda rows: rows["split"].notna().to_numpy())] \
+        if use_dataset_split else []
+    selected, rejected, counts = engine.select_rows(
+        _earthquake_rows(chunks, counts), region, _LOCATION, counts, filters,
+        missing_reason="missing station or event coordinates or depth in the metadata",
+        duplicate_reason="trace id already selected from an earlier row")
+    return selected.reindex(columns=list(SeisBenchSource.selection_columns)), rejected, counts
+
+
+def _earthquake_rows(chunks, counts):
+    """(chunk index, earthquake rows: output id, row, split, coordinates) of each chunk;
+    counts rows and categories."""
     for index, chunk in enumerate(chunks):
         meta = _read_metadata(chunk.metadata)
         counts["rows_in"] += len(meta)
@@ -324,50 +339,20 @@ def select_seisbench(chunks, region, use_dataset_split=False):
         if column:
             for value, n in meta[column].fillna("(empty)").value_counts().items():
                 counts["categories"][value] = counts["categories"].get(value, 0) + int(n)
-        ids = output_ids(meta, chunk.name)
-        frame = pd.DataFrame({"trace_name": ids, "input": index, "row": np.arange(len(meta)),
-                              "split": meta["split"].map(DATASET_SPLITS) if "split" in meta
-                              else np.nan})
-        frame = frame[quake]
-        meta = meta[quake]
-        counts["earthquakes"] += len(frame)
-        coords = meta[["station_latitude_deg", "station_longitude_deg", "source_latitude_deg",
-                       "source_longitude_deg", "source_depth_km"]].to_numpy(float)
-        has = np.isfinite(coords).all(axis=1)
-        if (~has).any():
-            counts["missing_coordinates"] += int((~has).sum())
-            rejected.append(frame.loc[~has, ["trace_name", "input"]].assign(
-                kind="csv_coordinates", reason="missing station or event coordinates or depth "
-                                               "in the metadata"))
-        frame, coords = frame[has], coords[has]
-        inside = region.contains(coords[:, 0], coords[:, 1]) & \
-            region.contains(coords[:, 2], coords[:, 3])
-        counts["outside_region"] += int((~inside).sum())
-        frame = frame[inside]
-        if use_dataset_split:
-            known = frame["split"].notna().to_numpy()
-            counts["no_dataset_split"] += int((~known).sum())
-            frame = frame[known]
-        dup = frame["trace_name"].isin(seen).to_numpy() | frame["trace_name"].duplicated().to_numpy()
-        if dup.any():
-            counts["duplicates"] += int(dup.sum())
-            rejected.append(frame.loc[dup, ["trace_name", "input"]].assign(
-                kind="duplicate", reason="trace id already selected from an earlier row"))
-            frame = frame[~dup]
-        seen.update(frame["trace_name"])
-        selected.append(frame)
-    selected = pd.concat(selected, ignore_index=True)
-    counts["selected"] = len(selected)
-    rejected = pd.concat(rejected, ignore_index=True) if rejected else \
-        pd.DataFrame(columns=["trace_name", "input", "kind", "reason"])
-    return selected, rejected, counts
+        rows = pd.DataFrame({"trace_name": output_ids(meta, chunk.name),
+                             "row": np.arange(len(meta)),
+                             "split": meta["split"].map(DATASET_SPLITS) if "split" in meta
+                             else np.nan})
+        rows = pd.concat([rows, meta[list(_LOCATION)]], axis=1)[quake]
+        counts["earthquakes"] += len(rows)
+        yield index, rows
 
 
 # --------------------------------------------------------------------------
-# The source the STEAD builder's steps run on
+# The source the shared build engine runs on
 # --------------------------------------------------------------------------
 class SeisBenchSource:
-    """A SeisBench dataset as an input of :func:`stead_california.build_dataset`."""
+    """A SeisBench dataset as a :class:`build_engine.Source`."""
 
     title = "build_from_seisbench"
     selection_columns = ("trace_name", "input", "row", "split")
@@ -408,8 +393,9 @@ class SeisBenchSource:
         return [str(c.metadata) for c in self.chunks]
 
     def manifest(self):
-        return {"inputs": [{"waveforms": sc.file_id(c.waveforms), "metadata": sc.file_id(c.metadata)}
-                           for c in self.chunks], "use_dataset_split": self.use_dataset_split}
+        return {"inputs": [{"waveforms": engine.file_id(c.waveforms),
+                            "metadata": engine.file_id(c.metadata)} for c in self.chunks],
+                "use_dataset_split": self.use_dataset_split}
 
     def input_label(self, index):
         return str(self.chunks[int(index)].waveforms)
@@ -428,9 +414,9 @@ class SeisBenchSource:
         return select_seisbench(self.chunks, region, self.use_dataset_split)
 
     def selection_report(self, s):
-        return [f"rows in: {s['rows_in']} (per chunk: {s['rows_in_per_file']}); "
-                f"{s['category_column'] or 'no category column: every trace taken as an earthquake'}"
-                f"{': ' + str(s['categories']) if s['category_column'] else ''}",
+        categories = f"{s['category_column']}: {s['categories']}" if s["category_column"] \
+            else "no category column: every trace taken as an earthquake"
+        return [f"rows in: {s['rows_in']} (per chunk: {s['rows_in_per_file']}); {categories}",
                 f"earthquakes: {s['earthquakes']}; removed: missing coordinates or depth "
                 f"{s['missing_coordinates']}, outside the region {s['outside_region']}, no "
                 f"train/dev/test split {s['no_dataset_split']}, duplicates {s['duplicates']}"]
@@ -445,7 +431,7 @@ class SeisBenchSource:
         return self._meta[index]
 
     def process(self, readers, row, region):
-        """(data, attrs) of one selected trace; raises sc.SkipTrace."""
+        """(data, attrs) of one selected trace; raises engine.SkipTrace."""
         index = int(row["input"])
         meta = self.metadata(index).iloc[int(row["row"])]
         fmt = self.formats[index]
@@ -453,14 +439,11 @@ class SeisBenchSource:
         try:
             wave = read_trace(readers[index], name, fmt["dimension_order"])
         except KeyError:
-            raise sc.SkipTrace("missing", f"{name}: not in {self.chunks[index].waveforms}") \
+            raise engine.SkipTrace("missing", f"{name}: not in {self.chunks[index].waveforms}") \
                 from None
         except (ValueError, IndexError, TypeError) as err:
-            raise sc.SkipTrace("shape", f"{name}: {err}") from None
-        if not np.isfinite(wave).all():
-            raise sc.SkipTrace("nonfinite", f"{int((~np.isfinite(wave)).sum())} NaN/Inf samples")
-        if not wave.any():
-            raise sc.SkipTrace("zero", "all-zero waveform")
+            raise engine.SkipTrace("shape", f"{name}: {err}") from None
+        engine.check_samples(wave)
         rate = _sampling_rate(meta, fmt)
         components = meta.get("trace_component_order") or fmt.get("component_order")
         window, start, scale, n = to_window(wave, components, rate,
@@ -517,36 +500,18 @@ def _sampling_rate(meta, fmt):
         dt = _number(meta.get("trace_dt_s"))
         rate = 1.0 / dt if math.isfinite(dt) and dt > 0 else _number(fmt.get("sampling_rate"))
     if not (math.isfinite(rate) and rate > 0):
-        raise sc.SkipTrace("sampling_rate", "no usable sampling rate in the metadata or "
-                                            "data_format")
+        raise engine.SkipTrace("sampling_rate", "no usable sampling rate in the metadata "
+                                                "or data_format")
     return rate
 
 
 # --------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------
-REGION_MODES = ("state", "bbox", "none")
-
-
-def make_region(region_mode="state", bbox=None):
-    """``state``: the California polygon; ``bbox``: ``bbox`` (lat_min lat_max lon_min
-    lon_max) or the California box; ``none``: everywhere."""
-    if region_mode not in REGION_MODES:
-        raise ValueError(f"region_mode must be one of {', '.join(REGION_MODES)}, got "
-                         f"{region_mode!r}")
-    if bbox is not None and region_mode != "bbox":
-        raise ValueError(f"bbox is given but region_mode is {region_mode!r}: use "
-                         "--region_mode bbox with --bbox")
-    if region_mode == "none":
-        return sc.Region("all", name="everywhere")
-    if region_mode == "bbox":
-        return sc.make_region("bbox", region=bbox)
-    return sc.make_region("polygon")
-
-
 def build_from_seisbench(dataset_dir, output_hdf5, output_dir, region_mode="state", bbox=None,
                          use_dataset_split=False, split=(0.7, 0.1, 0.2), seed=0,
-                         shard_size=1000, progress=True, log=None, interrupt_after=None):
+                         shard_size=1000, progress=True, log=None, interrupt_after=None,
+                         region=None):
     """Convert a SeisBench-format dataset into a DataCollected HDF5 and splits.
 
     Parameters
@@ -560,7 +525,8 @@ def build_from_seisbench(dataset_dir, output_hdf5, output_dir, region_mode="stat
         ``skipped_traces.csv``, ``build_report.txt`` (none may exist).
     region_mode : {'state', 'bbox', 'none'}
         Station and event inside the California polygon, inside ``bbox``
-        (default: the California box), or anywhere.
+        (default: the California box), or anywhere
+        (:func:`california.make_region`).
     bbox : 4 floats, optional
         lat_min lat_max lon_min lon_max (``region_mode='bbox'``).
     use_dataset_split : bool
@@ -570,24 +536,18 @@ def build_from_seisbench(dataset_dir, output_hdf5, output_dir, region_mode="stat
     split : 3 floats
         Fractions of events (``source_id``; else origin time + epicentre) for
         train, valid, test when splitting by event.
-    seed : int
-        Seed of the event shuffle.
-    shard_size : int
-        Traces per intermediate shard: the unit of resume.
-    progress : bool
-        tqdm progress bar.
-    log : callable, optional
-        One-line status messages.
-    interrupt_after : int, optional
-        Testing hook (see :func:`stead_california.build_dataset`).
+    seed, shard_size, progress, log, interrupt_after, region
+        As :func:`stead_california.build_california` (``region``: the earlier
+        spelling of a ``bbox``, accepted with a note to ``log``).
 
     Returns
     -------
     dict
-        As :func:`stead_california.build_california`.
+        The output paths and the counts of the report (see
+        :func:`build_engine.build_dataset`).
     """
-    region = make_region(region_mode, bbox)
+    region = region_from_options(region_mode, bbox, region, log)
     source = SeisBenchSource(dataset_dir, use_dataset_split)
-    return sc.build_dataset(source, output_hdf5, output_dir, region, split=split, seed=seed,
-                            shard_size=shard_size, progress=progress, log=log,
-                            interrupt_after=interrupt_after)
+    return engine.build_dataset(source, output_hdf5, output_dir, region, split=split, seed=seed,
+                                shard_size=shard_size, progress=progress, log=log,
+                                interrupt_after=interrupt_after)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +33,13 @@ from geographiclib.geodesic import Geodesic
 from scipy import signal
 from tqdm import tqdm
 
-from california import LAT_RANGE, LON_RANGE, check_split_fractions, split_by_event
+_HERE = Path(__file__).resolve().parent
+for _p in (str(_HERE.parent), str(_HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from california import LAT_RANGE, LON_RANGE, check_split_fractions, split_by_event  # noqa: E402
+from utrans_loc.waveforms import NPTS, SAMPLING_RATE  # noqa: E402
 
 __all__ = [
     "make_synthetic_california",
@@ -44,8 +51,8 @@ __all__ = [
     "VS_KM_S",
 ]
 
-FS = 100.0          # sampling rate, Hz
-N_SAMPLES = 6000    # 60 s traces
+FS = SAMPLING_RATE   # sampling rate, Hz (the model's)
+N_SAMPLES = NPTS     # 60 s traces
 VP_KM_S = 6.0
 VS_KM_S = 3.5
 

@@ -1,5 +1,6 @@
 """00_data/stead_california.py and its command line 00_data/build_california.py: STEAD ->
-California DataCollected set and splits. (Reading the STEAD layouts: test_traces.py.)"""
+California DataCollected set and splits, on the shared engine (00_data/build_engine.py) and
+region rules (00_data/california.py). (Reading the STEAD layouts: test_traces.py.)"""
 
 import json
 import subprocess
@@ -10,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import (PARITY, ROOT, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need,
-                      released_stead_pair, scipy_reference)
+                      released_stead_pair, run_main, scipy_reference)
 
+import build_engine as engine
+import california
 import stead_california as sc
 
 CLI = ROOT / "00_data" / "build_california.py"
@@ -43,15 +46,35 @@ def test_region_polygon_and_bbox():
     inside = {"Los Angeles", "San Diego", "Santa Cruz Island", "Cape Mendocino",
               "South Lake Tahoe", "El Centro"}
     lat, lon = np.array(list(places.values())).T
-    poly = sc.make_region("polygon").contains(lat, lon)
+    poly = california.make_region("state").contains(lat, lon)
     assert {p for p, ok in zip(places, poly) if ok} == inside
-    box = sc.make_region("bbox").contains(lat, lon)
+    box = california.make_region("bbox").contains(lat, lon)
     assert {p for p, ok in zip(places, box) if not ok} == {"Ensenada", "Portland"}
-    custom = sc.make_region("polygon", region=[33, 35, -119, -117])   # overrides the mode
+    custom = california.make_region("bbox", bbox=[33, 35, -119, -117])
     assert custom.contains([34.05, 32.72], [-118.24, -117.16]).tolist() == [True, False]
-    assert not sc.make_region().contains(np.nan, -118.0)[0]
+    assert not california.make_region().contains(np.nan, -118.0)[0]
     with pytest.raises(ValueError, match="lat_min < lat_max"):
-        sc.make_region(region=[35, 33, -119, -117])
+        california.make_region("bbox", bbox=[35, 33, -119, -117])
+    everywhere = california.make_region("none")
+    assert everywhere.contains([45.5, np.nan], [-122.7, -118.0]).tolist() == [True, False]
+
+
+def test_earlier_region_spellings_give_the_same_region_and_a_note():
+    said = []
+    old = california.region_from_options("polygon", note=said.append)
+    assert old.describe() == california.make_region("state").describe()
+    assert said == ["note: --region_mode polygon is an earlier spelling: use --region_mode state"]
+    custom = california.region_from_options("polygon", region=[33, 35, -119, -117.5],
+                                            note=said.append)   # --region overrode the mode
+    assert custom.describe() == california.make_region("bbox", [33, 35, -119, -117.5]).describe()
+    assert said[1] == ("note: --region 33 35 -119 -117.5 is an earlier spelling: use "
+                       "--region_mode bbox --bbox 33 35 -119 -117.5")
+    assert california.region_from_options("bbox", note=said.append).name == "California"
+    assert len(said) == 2   # the current words: no note
+    with pytest.raises(ValueError, match="not both"):
+        california.region_from_options("bbox", bbox=[33, 35, -119, -117], region=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="region_mode must be one of state, bbox, none"):
+        california.make_region("polygon")
 
 
 # ------------------------------------------------------------------------- building
@@ -76,7 +99,7 @@ def test_build_the_real_sample(tmp_path):
             assert attrs["station_lat"] == stead["receiver_latitude"]
         ids = set(fh)
 
-    parts = {s: np.load(folder / f"{s}_Events.npy") for s in sc.SPLITS}
+    parts = {s: np.load(folder / f"{s}_Events.npy") for s in engine.SPLITS}
     assert sum(map(len, parts.values())) == 45 and set().union(*map(set, parts.values())) == ids
     assert [len(p) for p in parts.values()] == [31, 5, 9]   # 70/10/20 of 45 events
     traces = pd.read_csv(folder / "california_traces.csv", dtype={"source_id": str})
@@ -93,7 +116,7 @@ def test_select_traces_filters():
     hdf5, csv = _sample()
     meta = pd.read_csv(csv)
     snr = meta["snr_db"].str.strip("[]").str.split(expand=True).astype(float).mean(axis=1)
-    region = sc.make_region("bbox")
+    region = california.make_region("bbox")
     sel, rej, counts = sc.select_traces([csv], region, min_snr_db=40, max_distance_km=100,
                                         min_magnitude=3.0, chunk_rows=7)
     inside = (meta["source_latitude"] >= 32) & (meta["source_latitude"] <= 42)
@@ -127,7 +150,7 @@ def test_build_released_layout_selection_skips_and_events(tmp_path):
     traces = pd.read_csv(folder / "california_traces.csv", dtype={"source_id": str})
     pair = traces[traces["trace_name"].isin([sample_names[0], "TWO.CI_20060723155859_EV"])]
     assert len(pair) == 2 and pair["split"].nunique() == 1   # one event, two stations
-    splits = [set(np.load(folder / f"{s}_Events.npy")) for s in sc.SPLITS]
+    splits = [set(np.load(folder / f"{s}_Events.npy")) for s in engine.SPLITS]
     assert set().union(*splits) == written and sum(map(len, splits)) == len(written)
     per_event = traces.groupby("source_id")["split"].nunique()
     assert per_event.max() == 1
@@ -159,17 +182,17 @@ def test_resume_after_an_interruption_matches_a_clean_build(tmp_path, monkeypatc
     for name in a:
         np.testing.assert_array_equal(a[name][0], b[name][0])
         assert a[name][1] == b[name][1]
-    for s in sc.SPLITS:
+    for s in engine.SPLITS:
         np.testing.assert_array_equal(np.load(clean_dir / f"{s}_Events.npy"),
                                       np.load(cut_dir / f"{s}_Events.npy"))
 
     # Interrupted while moving the outputs into place: a rerun finishes the moves.
-    real_finish = sc._finish
-    monkeypatch.setattr(sc, "_finish", lambda work, commit, paths: (_ for _ in ()).throw(
+    real_finish = engine._finish
+    monkeypatch.setattr(engine, "_finish", lambda work, commit, paths: (_ for _ in ()).throw(
         KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path, "late", hdf5, csv, **kw)
-    monkeypatch.setattr(sc, "_finish", real_finish)
+    monkeypatch.setattr(engine, "_finish", real_finish)
     done = sc.build_california(hdf5, csv, tmp_path / "late" / "CA.hdf5", tmp_path / "late",
                                progress=False, **kw)
     assert set(done) == {"paths"} and (tmp_path / "late" / "test_Events.npy").exists()
@@ -238,3 +261,64 @@ def test_a_foreign_commit_json_moves_nothing(tmp_path):
     with pytest.raises(ValueError, match="COMMIT.json: move 'hdf5' is not one of this build"):
         _build(tmp_path, "cut", hdf5, csv, interrupt_after=None, shard_size=50)
     assert victim.read_text() == "a user's file" and not (tmp_path / "stolen").exists()
+
+
+def test_command_line_earlier_region_spellings_build_the_same(tmp_path):
+    """build_california.py's earlier words (--region_mode polygon, --region) still work, with
+    a note naming the current spelling; the outputs equal those of the current words."""
+    hdf5, csv = _sample()
+    runs = {}
+    for name, words in (("old", ["--region_mode", "polygon"]), ("new", []),
+                        ("old_box", ["--region", "32.6", "34", "-118", "-115.9"]),
+                        ("new_box", ["--region_mode", "bbox", "--bbox", "32.6", "34", "-118",
+                                     "-115.9"])):
+        runs[name] = run_main(CLI, "--stead_hdf5", hdf5, "--stead_csv", csv, "--output_hdf5",
+                              tmp_path / name / "CA.hdf5", "--output_dir", tmp_path / name,
+                              "--no_progress", *words)
+        assert runs[name].returncode == 0, runs[name].stderr
+    assert "note: --region_mode polygon is an earlier spelling: use --region_mode state" in \
+        runs["old"].stderr
+    assert "use --region_mode bbox --bbox 32.6 34 -118 -115.9" in runs["old_box"].stderr
+    assert "note:" not in runs["new"].stderr + runs["new_box"].stderr
+
+    def report(name):
+        text = (tmp_path / name / "build_report.txt").read_text()
+        return [line for line in text.splitlines() if not line.startswith("time:")]
+
+    for old, new in (("old", "new"), ("old_box", "new_box")):
+        a, b = _contents(tmp_path / old / "CA.hdf5"), _contents(tmp_path / new / "CA.hdf5")
+        assert a.keys() == b.keys() and all(
+            np.array_equal(a[k][0], b[k][0]) and a[k][1] == b[k][1] for k in a)
+        assert report(old) == report(new)
+        for s in engine.SPLITS:
+            assert (tmp_path / old / f"{s}_Events.npy").read_bytes() == \
+                (tmp_path / new / f"{s}_Events.npy").read_bytes()
+    assert "custom bbox lat 32.6..34, lon -118..-115.9" in "\n".join(report("old_box"))
+    bad = run_main(CLI, "--stead_hdf5", hdf5, "--stead_csv", csv, "--output_hdf5",
+                   tmp_path / "x" / "CA.hdf5", "--output_dir", tmp_path / "x",
+                   "--region", "32", "34", "-118", "-116", "--bbox", "32", "34", "-118", "-116")
+    assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+def test_the_sources_keep_the_engine_contract(tmp_path):
+    hdf5, csv = _sample()
+    source = sc.SteadSource(hdf5, csv, {"min_snr_db": None})
+    assert isinstance(source, engine.Source)
+    assert len(engine.SOURCE_MEMBERS) == 14
+
+    class Partial:   # a source that forgot most of the contract
+        title = "partial"
+
+        def select(self, region):
+            raise AssertionError("never reached")
+
+    with pytest.raises(TypeError, match="Partial is not a build source: it lacks "
+                                        "selection_columns, inputs"):
+        engine.build_dataset(Partial(), tmp_path / "CA.hdf5", tmp_path, california.make_region())
+    assert not (tmp_path / "CA.hdf5.partial").exists()
+    with pytest.raises(engine.SkipTrace, match="2 NaN/Inf samples") as nan:
+        engine.check_samples(np.array([[0.0, np.nan], [np.inf, 1.0]]))
+    assert nan.value.kind == "nonfinite"
+    with pytest.raises(engine.SkipTrace, match="all-zero") as zero:
+        engine.check_samples(np.zeros((6000, 3), np.float32))
+    assert zero.value.kind == "zero"

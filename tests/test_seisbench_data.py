@@ -5,9 +5,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need, run_script
+from conftest import ROOT, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need, run_main, run_script
 from scipy.signal import decimate
 
+import build_engine as engine
+import california
 import seisbench_data as sb
 import stead_california as sc
 
@@ -134,9 +136,9 @@ def test_window_reorders_resamples_cuts_and_pads():
     window, start, scale, n = sb.to_window(short, "ZNE", 50.0, 500.0)   # 40 s at 50 Hz
     assert (start, scale, n) == (0, 2.0, 3999)
     assert not window[n:].any() and window[:n].any()
-    with pytest.raises(sc.SkipTrace, match="no E/N component"):
+    with pytest.raises(engine.SkipTrace, match="no E/N component"):
         sb.to_window(zne, "Z12", 100.0)
-    with pytest.raises(sc.SkipTrace, match="outside"):
+    with pytest.raises(engine.SkipTrace, match="outside"):
         sb.to_window(zne, "ZNE", 100.0, 7000.0)
 
 
@@ -158,7 +160,7 @@ def test_converted_traces_equal_build_california_on_the_same_traces(tmp_path, re
                 np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6)
         assert got[name][1]["AI_Set"] == "SeisBench"
         assert got[name][1]["seisbench_trace_name"].startswith("bucket")
-    for split in sc.SPLITS:                            # the same split rule gives the same splits
+    for split in engine.SPLITS:                        # the same split rule gives the same splits
         np.testing.assert_array_equal(np.load(folder / f"{split}_Events.npy"),
                                       np.load(reference / f"{split}_Events.npy"))
     report = (folder / "build_report.txt").read_text()
@@ -194,7 +196,7 @@ def test_dataset_split_column_and_the_leak_it_may_hold(tmp_path):
     meta = pd.read_csv(dataset / "metadata.csv", dtype=str)
     want = {s: meta.loc[meta["split"] == k, "trace_name_original"].tolist()
             for k, s in sb.DATASET_SPLITS.items()}
-    for split in sc.SPLITS:
+    for split in engine.SPLITS:
         assert np.load(folder / f"{split}_Events.npy").tolist() == want[split]
     assert out["counts"]["events_in_two_splits"] == 0
     assert not any("more than one split" in m for m in said)
@@ -221,7 +223,7 @@ def test_bad_datasets_are_named(tmp_path):
     with pytest.raises(ValueError, match="metadata.csv: .*missing columns: source_depth_km"):
         _convert(tmp_path, tmp_path / "nosplit", name="o2")
     with pytest.raises(ValueError, match="bbox is given but region_mode"):
-        sb.make_region("state", bbox=[32, 42, -125, -114])
+        california.make_region("state", bbox=[32, 42, -125, -114])
 
 
 def test_command_line(tmp_path):
@@ -238,3 +240,20 @@ def test_command_line(tmp_path):
     assert missing.returncode == 2 and "nowhere" in missing.stderr
     assert "Traceback" not in missing.stderr + again.stderr
     assert (ROOT / CLI).is_file()
+
+
+def test_one_region_vocabulary_with_the_earlier_spellings(tmp_path):
+    """The SeisBench builder takes the STEAD builder's earlier words too (one vocabulary)."""
+    dataset = write_seisbench(tmp_path / "words")
+    assert isinstance(sb.SeisBenchSource(dataset), engine.Source)
+    run = run_main(CLI, "--dataset_dir", dataset, "--output_hdf5", tmp_path / "o" / "CA.hdf5",
+                   "--output_dir", tmp_path / "o", "--no_progress", "--region_mode", "polygon")
+    assert run.returncode == 0, run.stderr
+    assert "written (rows out): 45" in run.stdout
+    assert "use --region_mode state" in run.stderr
+    said = []
+    out, _ = _convert(tmp_path, dataset, name="box", region=[32, 42, -125, -114],
+                      log=said.append)
+    assert out["counts"]["written"] == 48 and "custom bbox lat 32..42" in out["region"]
+    assert "note: --region 32 42 -125 -114 is an earlier spelling: use --region_mode bbox " \
+        "--bbox 32 42 -125 -114" in said

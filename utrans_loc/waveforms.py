@@ -32,7 +32,11 @@ import sys
 import numpy as np
 import pandas as pd
 
+# The model's window, shared with the data builders in 00_data/ (they import these).
 SAMPLING_RATE = 100.0          # the model's input rate (STEAD)
+NPTS = 6000                    # window length in samples: 60 s at SAMPLING_RATE
+# Where a builder puts P when a longer trace must be cut to NPTS: 10 s into the window.
+P_LEAD_SAMPLES = 1000
 MIN_SAMPLING_RATE = 20.0       # below: Nyquist under 10 Hz, most of the 1-45 Hz band missing
 DEFAULT_CHANNEL_PRIORITY = ("HH", "BH", "EH", "HN")
 MAX_GAP_S = 1.0
@@ -289,7 +293,7 @@ class Window:
     rotated: bool
 
 
-def cut_window(traces, network, station, p_time, p_position_s, stations, npts=6000,
+def cut_window(traces, network, station, p_time, p_position_s, stations, npts=NPTS,
                channel_priority=DEFAULT_CHANNEL_PRIORITY, max_gap_s=MAX_GAP_S, location=None):
     """The (npts, 3) E N Z window at 100 Hz of one pick, P at ``p_position_s``.
 
