@@ -56,7 +56,8 @@ def _run(label, script, args, cwd, capture=False):
     return time.time() - start, run.stdout if capture else ""
 
 
-def main(argv=None):
+def build_parser():
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     p.add_argument("--workdir", default="demo_run", help="folder for every demo file")
     p.add_argument("--n_traces", type=int, default=3000, help="synthetic earthquake traces")
@@ -73,7 +74,11 @@ def main(argv=None):
                    help="Monte-Carlo dropout passes of the tester, error bars calibrated on "
                         "the validation split (0: deterministic only)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, augmentation, sampling")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)

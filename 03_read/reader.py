@@ -118,7 +118,8 @@ def _report(res):
     print(f"epicentral MAE: model {m:.2f} km vs constant predictor {b:.2f} km (ratio {ratio})")
 
 
-def _parser():
+def build_parser():
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=cli.Formatter)
     p.add_argument('--input', required=True,
@@ -132,7 +133,7 @@ def _parser():
 
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
-    args = vars(_parser().parse_args(argv))
+    args = vars(build_parser().parse_args(argv))
     figures = not args.pop('no_figures')
     return cli.run_main(
         lambda input, output_dir: _report(reader(input, output_dir, figures=figures)),

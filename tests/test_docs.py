@@ -10,18 +10,13 @@ argparse would accept a unique prefix (``--input_test`` for
 ``--input_testset``), a document must not rely on that. Values are not
 checked, so placeholders (``...``, ``<ids>``, ``NAME``) are fine.
 
-The parser comes from the script's ``build_parser()``. A script without one
-(03_read/reader.py has ``_parser()``, demo.py builds its parser inside
-``main()``) is asked through ``main()``: ``ArgumentParser.parse_args`` is
-replaced for that call by a stub that hands back the parser before anything
-else happens.
+The parser comes from the script's ``build_parser()`` (every script has one).
 
 The same pages' relative links and images must resolve (file and #heading),
 and the README's Quick start must show the demo first and CI's test command
 second (.ci/run runs that block).
 """
 
-import argparse
 import importlib.util
 import re
 import shlex
@@ -125,32 +120,12 @@ def commands(text):
 
 # --- the scripts' parsers --------------------------------------------------
 
-class _Parsed(BaseException):   # not an Exception: no `except Exception` in main() swallows it
-    def __init__(self, parser):
-        super().__init__("parser captured")
-        self.parser = parser
-
-
 def _load(path):
     name = "doccheck_" + re.sub(r"\W", "_", str(path.relative_to(ROOT)))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)   # not __main__: no prepare_environment, no run
     return module
-
-
-def _parser_from_main(module):
-    """The parser main() builds, taken at its parse_args call (nothing else runs)."""
-    def stop(self, *args, **kwargs):
-        raise _Parsed(self)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", stop)
-        try:
-            module.main([])
-        except _Parsed as parsed:
-            return parsed.parser
-    raise AssertionError(f"{module.__file__}: main() did not parse its arguments")
 
 
 _OPTIONS = {}
@@ -161,10 +136,7 @@ def script_options(path):
     path = Path(path).resolve()
     if path not in _OPTIONS:
         module = _load(path)
-        if hasattr(module, "build_parser"):
-            parser = module.build_parser()
-        else:
-            parser = _parser_from_main(module)
+        parser = module.build_parser()
         _OPTIONS[path] = {s for action in parser._actions for s in action.option_strings}
     return _OPTIONS[path]
 
