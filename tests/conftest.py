@@ -96,10 +96,8 @@ def trained(synthetic, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("train")
     with working_dir(work):
-        result = t1.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
-                             input_validset=synthetic["valid"], output_name="tiny",
-                             batch_size=8, epochs=2, foundation_weights="none",
-                             learning_rate=1e-3, seed=5, verbose=0, **SMALL_HEAD)
+        result = t1.trainer1(**tiny_training(synthetic, output_name="tiny", learning_rate=1e-3,
+                                             seed=5))
     result["work"] = work
     return result
 
@@ -115,10 +113,46 @@ READ = "03_read/reader.py"
 BUILD = "00_data/build_california.py"
 
 
-def run_script(script, *args, cwd=None, timeout=600):
-    """Run a stage script (path relative to the repository) in a fresh Python process."""
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+def child_env(backend=None, **extra):
+    """The environment of a fresh interpreter: this one's, with ``KERAS_BACKEND``
+    (``'jax'`` also keeps JAX on the CPU) and ``extra`` variables set."""
+    env = dict(os.environ)
+    if backend:
+        env["KERAS_BACKEND"] = backend
+        if backend == "jax":
+            env["JAX_PLATFORMS"] = "cpu"
+    env.update({name: str(value) for name, value in extra.items()})
+    return env
+
+
+def _command(script, args):
+    """``python <script> args``: a script path relative to the repository (or
+    absolute), or an interpreter flag such as ``-c``."""
+    first = str(script) if str(script).startswith("-") else str(ROOT / script)
+    return [sys.executable, first, *map(str, args)]
+
+
+def run_script(script, *args, cwd=None, timeout=600, env=None):
+    """Run ``python <script> args`` in a fresh interpreter (the one subprocess
+    helper of the tests); ``env`` from :func:`child_env`. Returns the
+    CompletedProcess with text stdout and stderr."""
+    return subprocess.run(_command(script, args), cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_script(script, *args, cwd=None, env=None):
+    """:func:`run_script` without waiting: the Popen (text pipes), for tests that
+    signal, kill or talk to the process while it runs."""
+    return subprocess.Popen(_command(script, args), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def tiny_training(data, **changes):
+    """trainer1 keywords of the tests' tiny runs on a synthetic set: small head,
+    batch 8, 2 epochs, no foundation weights, silent; ``changes`` override."""
+    return {"input_hdf5": data["hdf5"], "input_trainset": data["train"],
+            "input_validset": data["valid"], "batch_size": 8, "epochs": 2,
+            "foundation_weights": "none", "seed": 1, "verbose": 0, **SMALL_HEAD, **changes}
 
 
 def run_main(script, *args, cwd=None):

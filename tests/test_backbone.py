@@ -1,15 +1,12 @@
 """U-Trans foundation: structure, official weights, parity with upstream, loader errors."""
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
-from conftest import FOUNDATION_H5, PARITY, ROOT, STEAD_SAMPLE, need
+from conftest import FOUNDATION_H5, PARITY, ROOT, STEAD_SAMPLE, child_env, need, run_script
 
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
@@ -240,9 +237,7 @@ def test_official_weights_and_location_checkpoint_under_jax_backend():
                                ref=need(PARITY / "foundation_ref.npz"),
                                ckpt=need(PARITY / "location_ckpt_keras2.h5"),
                                lref=need(PARITY / "location_ref.npz"))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_script("-c", script, env=child_env("jax"), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lat_err, rec_err, loc_err = map(float, out.stdout.split()[-3:])
     assert lat_err < 1e-4 and rec_err < 1e-4 and loc_err < 1e-5

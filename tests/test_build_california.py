@@ -3,21 +3,19 @@ California DataCollected set and splits, on the shared engine (00_data/build_eng
 region rules (00_data/california.py). (Reading the STEAD layouts: test_traces.py.)"""
 
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (PARITY, ROOT, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need,
-                      released_stead_pair, run_main, scipy_reference)
+from conftest import (PARITY, SAMPLE_CSV, STEAD_SAMPLE, UPSTREAM_ATTRS, need,
+                      released_stead_pair, run_main, run_script, scipy_reference)
 
 import build_engine as engine
 import california
 import stead_california as sc
 
-CLI = ROOT / "00_data" / "build_california.py"
+CLI = "00_data/build_california.py"
 
 
 def _sample():
@@ -225,8 +223,7 @@ def test_bad_inputs_and_existing_outputs(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_script(CLI, *args, cwd=cwd, timeout=300)
 
 
 def test_command_line(tmp_path):

@@ -9,16 +9,14 @@ every machine. The precision tests run in the test process.
 """
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import PARITY, ROOT, SMALL_HEAD, need
+from conftest import PARITY, ROOT, SMALL_HEAD, child_env, need, run_script, start_script
 
 import EqT_utils_Loc_California as U
 from utrans_loc import checkpoints, devices
@@ -32,16 +30,14 @@ RTOL = 1e-4
 
 
 def _env(backend, **extra):
-    env = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
-    env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
-    if backend == "jax":
-        env["JAX_PLATFORMS"] = "cpu"
-    return env
+    """A child on ``backend`` with every GPU hidden, outside any TF_CONFIG cluster."""
+    env = child_env(backend, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    return {**env, **extra}
 
 
 def _run(args, backend, cwd=ROOT, timeout=300, **extra_env):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(backend, **extra_env),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(*args, cwd=cwd, env=_env(backend, **extra_env), timeout=timeout)
 
 
 def _worker(name, backend, **extra_env):
@@ -160,10 +156,9 @@ def test_two_workers_from_tf_config():
             sock.bind(("localhost", 0))
             ports.append(sock.getsockname()[1])
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    procs = [subprocess.Popen([sys.executable, Path(__file__).resolve(), "multiworker"], cwd=ROOT,
-                              env=_env("tensorflow", TF_CONFIG=json.dumps(
-                                  {"cluster": cluster, "task": {"type": "worker", "index": i}})),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [start_script(Path(__file__).resolve(), "multiworker", cwd=ROOT,
+                          env=_env("tensorflow", TF_CONFIG=json.dumps(
+                              {"cluster": cluster, "task": {"type": "worker", "index": i}})))
              for i in range(2)]
     try:
         outs = [proc.communicate(timeout=240) for proc in procs]

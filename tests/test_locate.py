@@ -9,13 +9,12 @@ bounds. Bad inputs are skipped with a reason; nothing located is exit 2.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARITY, ROOT, STEAD_SAMPLE, need, working_dir
+from conftest import PARITY, ROOT, STEAD_SAMPLE, need, run_script, working_dir
 from obspy import Stream, Trace, UTCDateTime, read, read_events, read_inventory
 from obspy.core.event import Catalog, Event, Pick, WaveformStreamID
 from obspy.core.inventory import Channel, Station
@@ -233,13 +232,12 @@ def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
     factors = {"lat": 2.0, "lon": 3.0, "depth": 0.5}
     (tmp_path / "cal.json").write_text(json.dumps({
         "format": 1, "factors": factors, "model_file": str(CKPT), "model_sha256": _sha256(CKPT)}))
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "04_locate" / "locator.py"),
-         "--input_waveforms", files["all_waveforms"], "--input_inventory", files["all_inventory"],
-         "--input_picks", "picks.csv", "--input_model", need(CKPT), "--output_name", "cli",
-         "--estimate_uncertainty", "--number_of_sampling", "3", "--seed", "1",
-         "--calibration", "cal.json", "--verbose", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    run = run_script(
+        "04_locate/locator.py",
+        "--input_waveforms", files["all_waveforms"], "--input_inventory", files["all_inventory"],
+        "--input_picks", "picks.csv", "--input_model", need(CKPT), "--output_name", "cli",
+        "--estimate_uncertainty", "--number_of_sampling", "3", "--seed", "1",
+        "--calibration", "cal.json", "--verbose", "0", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     out = tmp_path / "cli_outputs"
     skipped = pd.read_csv(out / "skipped.csv")

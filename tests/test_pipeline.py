@@ -3,13 +3,11 @@ uncertainty and unlabeled traces, and on the real 50-trace sample; every stage
 script's --help."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARITY, ROOT, SMALL_HEAD, need, run_main, run_script, working_dir
+from conftest import PARITY, SMALL_HEAD, need, run_main, run_script, working_dir
 
 import reader as rd
 import tester1 as te
@@ -82,8 +80,7 @@ def test_unlabeled_traces(trained, synthetic, tmp_path):
     assert df[["event_lat", "event_lon", "depth_km"]].isna().all().all()
     assert df["pred_epicentre_std_km"].notna().all()
     assert res["summary"]["n_with_truth"] == 0
-    run = subprocess.run([sys.executable, str(ROOT / "03_read" / "reader.py"), "--input", "u_outputs"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = run_main("03_read/reader.py", "--input", "u_outputs", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert f"0 scored / {len(df)} total" in run.stdout
     assert "pred_epicentre_std_km" in run.stdout and "no error table" in run.stdout

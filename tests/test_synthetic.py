@@ -2,20 +2,20 @@
 
 import hashlib
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import run_main, run_script
 from geographiclib.geodesic import Geodesic
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "00_data"
 sys.path.insert(0, str(DATA_DIR))
 import synthetic_california as sc  # noqa: E402
 
-CLI = DATA_DIR / "make_synthetic.py"
+CLI = "00_data/make_synthetic.py"
 
 EVENT_ATTRS = ["event_lat", "event_long", "depth", "magnitude", "magnitude_type",
                "p_arrival_sample", "s_arrival_sample", "coda_end_sample", "snr_db",
@@ -223,17 +223,16 @@ def test_overwrite_refused(tmp_path):
     assert not (other / "new.hdf5").exists()
     assert {k: _sha(res[k]) for k in before} == before
 
-    cmd = [sys.executable, str(CLI), "--output_hdf5", res["hdf5"],
-           "--output_dir", str(tmp_path / "run"), "--n_traces", "20", "--no_progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    cmd = ["--output_hdf5", res["hdf5"], "--output_dir", tmp_path / "run", "--n_traces", "20",
+           "--no_progress"]
+    proc = run_main(CLI, *cmd, cwd=tmp_path)
     assert proc.returncode == 2
     assert "syn.hdf5" in proc.stderr and "--overwrite" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert {k: _sha(res[k]) for k in before} == before
 
     # --overwrite is the only way to replace.
-    proc = subprocess.run(cmd + ["--overwrite", "--seed", "1"], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = run_main(CLI, *cmd, "--overwrite", "--seed", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert _sha(res["hdf5"]) != before["hdf5"]
 
@@ -259,9 +258,8 @@ def test_bad_parameters(tmp_path, kw, name):
     (["--n_noise", "-2"], "n_noise"),
 ])
 def test_cli_bad_parameters(tmp_path, args, name):
-    cmd = [sys.executable, str(CLI), "--output_hdf5", str(tmp_path / "s.hdf5"),
-           "--output_dir", str(tmp_path), "--no_progress"] + args
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    proc = run_main(CLI, "--output_hdf5", tmp_path / "s.hdf5", "--output_dir", tmp_path,
+                    "--no_progress", *args, cwd=tmp_path)
     assert proc.returncode == 2
     assert name in proc.stderr
     assert not (tmp_path / "s.hdf5").exists()
@@ -269,11 +267,9 @@ def test_cli_bad_parameters(tmp_path, args, name):
 
 def test_cli_runs_from_other_directory(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(CLI), "--output_hdf5", str(out / "s.hdf5"), "--output_dir",
-         str(out), "--n_traces", "12", "--n_stations", "2", "--n_noise", "2",
-         "--split", "0.5", "0.25", "0.25", "--no_progress"],
-        capture_output=True, text=True, cwd=tmp_path)
+    proc = run_script(CLI, "--output_hdf5", out / "s.hdf5", "--output_dir", out, "--n_traces",
+                      12, "--n_stations", 2, "--n_noise", 2, "--split", 0.5, 0.25, 0.25,
+                      "--no_progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name in ("s.hdf5", "train_Events.npy", "valid_Events.npy", "test_Events.npy"):
         assert (out / name).is_file()
@@ -284,7 +280,7 @@ def test_cli_runs_from_other_directory(tmp_path):
 def test_import_cli_has_no_side_effects():
     code = (f"import sys; sys.path.insert(0, {str(DATA_DIR)!r}); import make_synthetic; "
             "make_synthetic.build_parser()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = run_script("-c", code)
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
 
 

@@ -3,14 +3,12 @@ root-level datasets), STEAD attributes under the upstream names, preloading and 
 memory checks."""
 
 import re
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 from conftest import (PARITY, STEAD_SAMPLE, UPSTREAM_ATTRS, need, released_stead_pair,
-                      scipy_reference)
+                      scipy_reference, start_script)
 
 import EqT_utils_Loc_California as U
 from utrans_loc import splits, traces
@@ -133,10 +131,8 @@ def test_an_hdf5_file_open_for_writing_elsewhere_is_named_as_locked(tmp_path):
     path = tmp_path / "being_written.hdf5"
     with h5py.File(path, "w") as fh:
         fh["x"] = np.zeros(3)
-    writer = subprocess.Popen([sys.executable, "-c",
-                               f"import h5py, time; f = h5py.File({str(path)!r}, 'a'); "
-                               "print('open', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    writer = start_script("-c", f"import h5py, time; f = h5py.File({str(path)!r}, 'a'); "
+                                "print('open', flush=True); time.sleep(60)")
     try:
         assert writer.stdout.readline().strip() == "open"
         with pytest.raises(ValueError, match="being_written.hdf5: is open for writing by another "
