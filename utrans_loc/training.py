@@ -214,9 +214,25 @@ def build_model(cfg, weights, run_):
         # variables twice (about 20 s for this model on a CPU), and a resume needs
         # them to exist before the snapshot restores them.
         model.optimizer.build(model.trainable_variables)
+        if not cfg.multi_gpu:   # under a strategy Keras builds them before the first step
+            build_metrics(model)
         if run_.state:
             model.load_weights(os.path.join(run_.state_dir, run_.state["weights"]))
     return model
+
+
+def build_metrics(model):
+    """Create the compiled metrics' variables now, on one row of zeros.
+
+    Without a distribution strategy Keras' TensorFlow trainer creates them inside
+    the first traced train step, and TensorFlow traces a step that creates
+    variables a second time: measured 14.0 s -> 7.6 s to the first two epochs of
+    the tests' small model on a CPU, identical losses. The state this leaves is
+    reset at the start of every epoch.
+    """
+    row = np.zeros((1, 3), dtype="float32")
+    model.compute_metrics(None, row, row)
+    model.reset_metrics()
 
 
 def write_run_files(cfg, run_):
