@@ -268,3 +268,11 @@ def _number_or_text(value):
         return float(value) if isinstance(value, str) else value
     except ValueError:
         return value
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the shared training run (``trained``, directly or through
+    another fixture) trains a model: it belongs to the slow tier whatever its marks."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

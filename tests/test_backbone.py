@@ -43,6 +43,7 @@ def test_every_weight_equals_the_file(foundation):
                 np.testing.assert_array_equal(var.numpy(), group[wname][()])
 
 
+@pytest.mark.slow
 def test_parity_with_upstream_foundation(foundation):
     ref = np.load(need(PARITY / "foundation_ref.npz"))
     latent = ub.latent_model(foundation).predict(ref["x"], verbose=0)
@@ -65,6 +66,7 @@ def _median_channel_correlation(model, x):
     return float(np.nanmedian(corr))
 
 
+@pytest.mark.slow
 def test_official_weights_reconstruct_real_traces(foundation):
     x = _real_traces()
     assert x.shape == (50, 6000, 3)
@@ -231,6 +233,7 @@ print(float(np.abs(lat - ref["latent"]).max()), float(np.abs(rec - ref["reconstr
 """
 
 
+@pytest.mark.slow
 def test_official_weights_and_location_checkpoint_under_jax_backend():
     pytest.importorskip("jax", reason="the JAX backend is not installed")
     script = JAX_SCRIPT.format(root=str(ROOT), weights=need(FOUNDATION_H5),

@@ -1,8 +1,10 @@
 """bench/throughput.py: the benchmark's command line."""
 
+import pytest
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_benchmark_help_runs():
     out = run_script("bench/throughput.py", "--help", timeout=60)
     assert out.returncode == 0 and "--precision" in out.stdout and "(a)" in out.stdout

@@ -226,6 +226,7 @@ def _cli(*args, cwd):
     return run_script(CLI, *args, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     hdf5, csv = _sample()
     help_run = _cli("--help", cwd=tmp_path)

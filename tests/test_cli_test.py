@@ -68,6 +68,7 @@ def test_a_test_split_naming_a_trace_twice_is_refused(synthetic, trained, tmp_pa
     assert not (tmp_path / "twice_outputs").exists()
 
 
+@pytest.mark.slow
 def test_tester_names_its_device_in_the_start_up_line(synthetic, trained, tmp_path, capsys):
     with working_dir(tmp_path):
         te.tester1(input_hdf5=synthetic["hdf5"], input_testset=synthetic["test"],

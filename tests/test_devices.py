@@ -50,6 +50,7 @@ def _worker(name, backend, **extra_env):
 # --------------------------------------------------------------------------
 # 1 device vs 2 devices, same steps
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_two_devices_train_like_one(backend):
     if backend == "jax":
@@ -143,6 +144,7 @@ def _linear_data():
     return x, (x @ np.array([[1.0], [2.0], [3.0], [4.0]]) + 0.5).astype("float32")
 
 
+@pytest.mark.slow
 def test_two_workers_from_tf_config():
     """Two local processes as the two machines of a TF_CONFIG cluster.
 
@@ -225,6 +227,7 @@ def _trainer_args(data, *extra):
             "--convmixer_depth", SMALL_HEAD["convmixer_depth"], "--seed", 1, "--verbose", 0, *extra]
 
 
+@pytest.mark.slow
 def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_path,
                                                                weights_origin):
     """No --foundation_weights: the official file is fetched (file:// origin), verified,
@@ -245,6 +248,7 @@ def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_pa
     assert f"foundation_weights_used: {cached} (official U-Trans release" in report
 
 
+@pytest.mark.slow
 def test_cli_multi_gpu_gives_jax_two_host_devices():
     """The command line's XLA_FLAGS (set before JAX starts) split the CPU for JAX."""
     pytest.importorskip("jax", reason="the JAX backend is not installed")
@@ -262,6 +266,7 @@ def test_cli_multi_gpu_gives_jax_two_host_devices():
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_configure_gpus_rejects_bad_settings():
     res = _worker("errors", "tensorflow")
     for value in ("1.5", "0", "-0.2", "'half'"):
@@ -294,6 +299,7 @@ def _errors_worker():
     return messages
 
 
+@pytest.mark.slow
 def test_trainer_cli_gpuid_without_gpu_is_one_line(tiny_set, tmp_path):
     # GPU 99 exists nowhere: the same error with or without GPUs.
     out = _run(_trainer_args(tiny_set, "--output_name", "nogpu", "--gpuid", 99), "tensorflow",
@@ -308,6 +314,7 @@ def test_trainer_cli_gpuid_without_gpu_is_one_line(tiny_set, tmp_path):
 # --------------------------------------------------------------------------
 # Mixed precision
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bfloat16_predictions_within_1e_2_of_float32():
     """Same weights (the upstream location checkpoint), 50 real traces."""
     ckpt = need(PARITY / "location_ckpt_keras2.h5")
@@ -330,6 +337,7 @@ def test_bfloat16_predictions_within_1e_2_of_float32():
             pass
 
 
+@pytest.mark.slow
 def test_float16_training_uses_loss_scaling(synthetic):
     ids = np.load(synthetic["train"])
     x, y = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0)[0]

@@ -146,6 +146,7 @@ def test_export_stead_writes_correct_stats(files):
     assert picks.loc[name, "event_id"] == str(meta.loc[name, "source_id"])
 
 
+@pytest.mark.slow
 def test_locator_matches_tester1_on_real_traces(located, model):
     """tester1's reading of the raw STEAD file (band-pass on, all 50 ids in one batch) and
     its prediction (prediction.run's generator, predict_samples and results_table), on
@@ -166,6 +167,7 @@ def test_locator_matches_tester1_on_real_traces(located, model):
     assert np.abs(located["pred"][rows] - y_ref).max() < 1e-5                  # measured 0
 
 
+@pytest.mark.slow
 def test_rotated_horizontals_give_the_same_locations(located):
     table, rows = located["locations"], located["rows"]
     assert (table.iloc[rows[ROTATED]]["rotation_applied"] == "y").all()
@@ -174,6 +176,7 @@ def test_rotated_horizontals_give_the_same_locations(located):
     assert diff <= ROTATION_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code, rate", [(LOW, "40"), (HIGH, "200")])
 def test_resampled_data_give_close_locations(located, code, rate):
     table, rows, x = located["locations"], located["rows"], located["x"]
@@ -185,6 +188,7 @@ def test_resampled_data_give_close_locations(located, code, rate):
     assert diff < RESAMPLED_OUTPUT_TOL
 
 
+@pytest.mark.slow
 def test_outputs_and_combined_origins_without_sampling(located):
     out = located["output_dir"]
     table = pd.read_csv(os.path.join(out, "locations.csv"), dtype={"event_id": str})
@@ -220,6 +224,7 @@ def _sha256(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+@pytest.mark.slow
 def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
     picks = files["picks_table"].iloc[:3]
     bad = pd.DataFrame([
@@ -391,6 +396,7 @@ def test_quakeml_picks_read_like_csv(files, tmp_path):
     assert picks["event_id"].nunique() == 4
 
 
+@pytest.mark.slow
 def test_nothing_located_is_exit_2_and_existing_folder_is_refused(files, tmp_path, capsys):
     bad = files["picks_table"].iloc[:2].assign(station="XXXX")
     bad.to_csv(tmp_path / "bad.csv", index=False)

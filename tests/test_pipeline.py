@@ -87,6 +87,7 @@ def test_unlabeled_traces(trained, synthetic, tmp_path):
     assert not (tmp_path / "u_outputs" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_real_sample_end_to_end(tmp_path):
     h5 = need(PARITY / "collected_50.hdf5")
     ids = np.load(need(PARITY / "collected_50_ids.npy"))

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import PARITY, SMALL_HEAD, need, working_dir
 
 import EqT_utils_Loc_California as U
@@ -12,6 +13,7 @@ from utrans_loc import checkpoints, prediction
 import tester1 as te
 
 
+@pytest.mark.slow
 def test_location_parity_through_tester1(tmp_path):
     ref = np.load(need(PARITY / "location_ref.npz"))
     with working_dir(tmp_path):

@@ -226,6 +226,7 @@ def test_bad_datasets_are_named(tmp_path):
         california.make_region("state", bbox=[32, 42, -125, -114])
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     dataset = write_seisbench(tmp_path / "cli")
     run = run_script(CLI, "--dataset_dir", dataset, "--output_hdf5", tmp_path / "o" / "CA.hdf5",

@@ -265,6 +265,7 @@ def test_cli_bad_parameters(tmp_path, args, name):
     assert not (tmp_path / "s.hdf5").exists()
 
 
+@pytest.mark.slow
 def test_cli_runs_from_other_directory(tmp_path):
     out = tmp_path / "out"
     proc = run_script(CLI, "--output_hdf5", out / "s.hdf5", "--output_dir", out, "--n_traces",
@@ -277,6 +278,7 @@ def test_cli_runs_from_other_directory(tmp_path):
         assert len(f) == 14
 
 
+@pytest.mark.slow
 def test_import_cli_has_no_side_effects():
     code = (f"import sys; sys.path.insert(0, {str(DATA_DIR)!r}); import make_synthetic; "
             "make_synthetic.build_parser()")

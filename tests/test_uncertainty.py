@@ -22,6 +22,7 @@ def batch(synthetic):
     return U.DataGeneratorPrediction(ids, synthetic["hdf5"], batch_size=12)
 
 
+@pytest.mark.slow
 def test_sampling_spread_reproducibility_and_batchnorm(loaded, batch):
     before = [w.numpy().copy() for w in loaded.non_trainable_weights]
     deterministic = te.predict_samples(loaded, batch, 1, progress=False)
@@ -44,6 +45,7 @@ def test_sampling_spread_reproducibility_and_batchnorm(loaded, batch):
     np.testing.assert_array_equal(deterministic, loaded.predict_on_batch(batch[0][0]))
 
 
+@pytest.mark.slow
 def test_sampling_model_keeps_upstream_frozen_dropout_off(loaded):
     sampler = uncertainty.mc_sampling_model(loaded, seed=0)
     kinds = {layer.name: type(layer).__name__ for layer in sampler.layers}
