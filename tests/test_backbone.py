@@ -240,7 +240,10 @@ def test_official_weights_and_location_checkpoint_under_jax_backend():
                                ref=need(PARITY / "foundation_ref.npz"),
                                ckpt=need(PARITY / "location_ckpt_keras2.h5"),
                                lref=need(PARITY / "location_ref.npz"))
-    out = run_script("-c", script, env=child_env("jax"), timeout=300)
+    # XLA's CPU optimisation passes, not the numerics, dominate here: -O0 takes 26 s
+    # down to 19 s, with the same errors to 1e-7.
+    out = run_script("-c", script, timeout=300,
+                     env=child_env("jax", XLA_FLAGS="--xla_backend_optimization_level=0"))
     assert out.returncode == 0, out.stderr[-2000:]
     lat_err, rec_err, loc_err = map(float, out.stdout.split()[-3:])
     assert lat_err < 1e-4 and rec_err < 1e-4 and loc_err < 1e-5
