@@ -135,8 +135,10 @@ def tester1(input_hdf5=None,
         The training and validation splits (ids in ``input_hdf5``) to check
         the test split against; None: the ones trainer1 recorded in the
         checkpoint's model_config.json, when their files exist. Shared trace
-        ids and shared earthquakes (same ``source_id``, else the same
-        epicentre, depth and origin time) are a warning, and are written to
+        ids and shared earthquakes (same ``source_id``; else epicentre, depth
+        and origin time within 0.01 deg, 1 km, 2 s; without ids or origin
+        times, the same epicentre, depth and magnitude, see
+        ``utrans_loc.splits``) are a warning, and are written to
         X_report.txt (``split_overlap``); the reader then marks its tables.
     allow_overlap : bool
         No warning for such an overlap (it is still reported).

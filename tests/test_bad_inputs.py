@@ -145,6 +145,7 @@ def test_debug_flag_shows_the_traceback(bad):
         trainer1.main([*_train_args("absent.hdf5"), "--debug"])   # raised, not turned into 2
 
 
+@pytest.mark.slow
 def test_zero_trace_trains_and_predicts_finite(bad, tmp_path):
     """An all-zero (or constant) trace is normalised to zeros, never NaN."""
     x, _ = U.DataGenerator(np.load(bad["work"] / "zero.npy"), bad["work"] / "broken.hdf5",

@@ -48,6 +48,7 @@ class _Sentinel:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.slow
 def test_a_pickled_split_file_runs_nothing_and_is_refused(tmp_path):
     sentinel = tmp_path / "code_ran"
     ids = np.empty(2, dtype=object)
@@ -86,7 +87,8 @@ def test_a_trace_twice_in_one_split_is_an_error():
 
 
 def _meta(rows):
-    cols = ("trace_name", "event_lat", "event_lon", "depth_km", "source_id", "source_origin_time")
+    cols = ("trace_name", "event_lat", "event_lon", "depth_km", "source_id", "source_origin_time",
+            "magnitude")
     return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
 
 
@@ -102,17 +104,93 @@ def test_overlap_counts_shared_traces_and_shared_earthquakes_by_source_id():
     assert line.startswith("input_testset vs input_trainset: 1 shared trace id(s) (first: S1.b)")
 
 
-def test_overlap_without_source_id_uses_epicentre_depth_and_origin_time():
+def test_overlap_without_source_id_uses_origin_time_else_identical_epicentre_depth_magnitude():
     t0 = "2019-07-06 03:19:53"
-    train = _meta([("A.1", 35.770, -117.599, 8.0, None, t0), ("A.2", 33.0, -116.0, 12.0, None, None)])
-    test = _meta([("B.1", 35.775, -117.595, 8.6, None, "2019-07-06 03:19:54"),   # same event
-                  ("B.2", 35.770, -117.599, 8.0, None, "2019-07-06 05:00:00"),   # same place, later
-                  ("B.3", 33.05, -116.0, 12.0, None, None),                       # 0.05 deg away
-                  ("B.4", 33.0, -116.004, 11.2, None, None)])                     # no times: same
+    f32 = lambda v: float(np.float32(v))   # the same catalogue value stored as float32
+    train = _meta([("A.1", 35.770, -117.599, 8.0, None, t0, 2.1),
+                   ("A.2", 33.0, -116.0, 12.0, None, None, 3.05),
+                   ("A.3", 35.7701, -117.5993, 7.43, None, None, 1.87)])
+    test = _meta([("B.1", 35.775, -117.595, 8.6, None, "2019-07-06 03:19:54", 2.3),   # same event
+                  ("B.2", 35.770, -117.599, 8.0, None, "2019-07-06 05:00:00", 2.1),   # same place, later
+                  ("B.3", 33.05, -116.0, 12.0, None, None, 3.05),                    # 0.05 deg away
+                  ("B.4", 33.0, -116.004, 11.2, None, None, 3.05),   # no times: a neighbour, not it
+                  ("B.5", 33.0, -116.0, 12.0, None, None, 3.05),     # no times, same values: same
+                  ("B.6", 33.0, -116.0, 12.0, None, None, None),     # magnitude unknown: not the same
+                  ("B.7", 33.0, -116.0, 12.0, None, None, 3.06),     # magnitude one step off: not it
+                  ("B.8", 33.0, -116.0, 12.0, None, t0, 3.05),       # time on one side only: values
+                  ("B.9", f32(35.7701), f32(-117.5993), f32(7.43), None, None, f32(1.87)),  # same
+                  ("B.10", 35.7702, -117.5993, 7.43, None, None, 1.87)])   # 1e-4 deg off: not it
     found = splits.split_overlap("input_testset", test, "input_trainset", train)
     assert found["n_traces"] == 0
-    assert found["event_traces"] == ["B.1", "B.4"] and found["n_events"] == 2
-    assert splits.overlap_lines([splits.split_overlap("a", train.iloc[1:], "b", test.iloc[:2])]) == []
+    assert found["event_traces"] == ["B.1", "B.5", "B.8", "B.9"]
+    assert found["n_events"] == 3                # B.5 and B.8 record one earthquake (A.2)
+    assert splits.overlap_lines([splits.split_overlap("a", train.iloc[1:2], "b", test.iloc[:2])]) == []
+    no_magnitude = test.drop(columns="magnitude")   # a table without the column: values never match
+    assert splits.split_overlap("t", no_magnitude, "r", train)["event_traces"] == ["B.1"]
+
+
+def _clustered_catalogue(n_traces=2000, n_stations=4, seed=0):
+    """The synthetic generator's catalogue (clustered source zones, some events recorded
+    at two stations) as split metadata tables, attributes as make_synthetic_california
+    writes them (magnitude to 0.01)."""
+    import synthetic_california as sc
+
+    cat, _, _ = sc._build_catalog(np.random.default_rng(seed), n_traces, n_stations, 0,
+                                  second_station_prob=0.5)
+    return pd.DataFrame({"trace_name": cat["trace_id"], "event_lat": cat["event_lat"],
+                         "event_lon": cat["event_long"], "depth_km": cat["depth"],
+                         "magnitude": cat["magnitude"].astype(float).round(2),
+                         "source_id": cat["source_id"],
+                         "source_origin_time": cat["origin_time"].astype(str)})
+
+
+def _without_identity(meta):
+    """As upstream DataCollected files: no source_id, no origin time."""
+    return meta.assign(source_id=None, source_origin_time=None)
+
+
+def test_leak_rule_on_a_clustered_catalogue_without_ids_or_origin_times():
+    """Splits by event share no earthquake although the clustered events sit within
+    0.01 deg and 1 km of each other across splits (the old rule called those one
+    earthquake); splits by trace: every truly shared earthquake is found, nothing else."""
+    from california import split_by_event
+
+    meta = _clustered_catalogue()
+    by_name = meta.set_index("trace_name")
+    train, valid, test = (by_name.loc[ids].reset_index() for ids in split_by_event(
+        meta["trace_name"].to_numpy(), meta["source_id"].to_numpy(), seed=0))
+    for name, part in (("valid", valid), ("test", test)):
+        found = splits.split_overlap(name, _without_identity(part), "train",
+                                     _without_identity(train))
+        assert (found["n_events"], found["event_traces"]) == (0, []), name
+        # ... where distinct events lie within 0.01 deg and 1 km of each other across splits
+        lat, lon, depth = (np.abs(part[c].to_numpy()[:, None] - train[c].to_numpy()[None])
+                           for c in ("event_lat", "event_lon", "depth_km"))
+        assert ((lat <= 0.01) & (lon <= 0.01) & (depth <= 1.0)).sum() >= 10, name
+        with_ids = splits.split_overlap(name, part, "train", train)   # source_id, origin time
+        assert with_ids["n_events"] == 0
+
+    order = np.random.default_rng(1).permutation(len(meta))   # splits by trace
+    train, test = meta.iloc[order[:1400]], meta.iloc[order[1600:]]
+    truth = set(test["source_id"]) & set(train["source_id"])
+    assert len(truth) >= 20
+    found = splits.split_overlap("test", _without_identity(test), "train",
+                                 _without_identity(train))
+    assert set(found["event_traces"]) == set(test.loc[test["source_id"].isin(truth), "trace_name"])
+    assert found["n_events"] == len(truth)
+
+
+def test_leak_rule_reads_the_hdf5_attributes_of_one_event_as_one_earthquake(synthetic):
+    """Through read_metadata: traces of one event at two stations match, by attributes alone."""
+    ids = np.concatenate([splits.load_ids(synthetic[k]) for k in ("train", "valid", "test")])
+    meta = splits.read_metadata(synthetic["hdf5"], ids)
+    order = np.random.default_rng(0).permutation(len(meta))
+    a, b = meta.iloc[order[: len(meta) // 2]], meta.iloc[order[len(meta) // 2:]]
+    truth = set(a["source_id"]) & set(b["source_id"])
+    assert truth                                       # the fixture has two-station events
+    found = splits.split_overlap("a", _without_identity(a), "b", _without_identity(b))
+    assert set(found["event_traces"]) == set(a.loc[a["source_id"].isin(truth), "trace_name"])
+    assert found["n_events"] == len(truth)
 
 
 def test_trainer_warns_about_validation_overlapping_training(synthetic, tmp_path, capsys):

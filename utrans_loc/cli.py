@@ -8,9 +8,12 @@ the deep-learning backend is imported.
 """
 
 import argparse
+import contextlib
 import inspect
 import os
+import signal
 import sys
+import threading
 
 HEAD_HELP = {"filters": "ConvMixer width", "depth": "ConvMixer blocks",
              "kernel": "ConvMixer depthwise kernel", "patch": "ConvMixer patch size"}
@@ -138,6 +141,23 @@ def prepare_environment(argv=None):
             f"{flags} --xla_force_host_platform_device_count={max(known.number_of_gpus, 1)}".strip())
 
 
+@contextlib.contextmanager
+def ctrl_c_enabled():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt while the block runs, also in a process
+    that inherited SIGINT ignored (started with ``&`` by a script or a CI runner
+    without job control: Python then keeps it ignored and a Ctrl-C or ``kill -INT``
+    would be lost). The inherited setting comes back afterwards."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_main(func, args, prog, interrupted=""):
     """Call ``func(**args)``; user errors exit with status 2 and one clear line.
 
@@ -147,7 +167,8 @@ def run_main(func, args, prog, interrupted=""):
     """
     debug = args.pop("debug", False)
     try:
-        func(**args)
+        with ctrl_c_enabled():
+            func(**args)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -213,8 +213,9 @@ TRAIN_OPTIONS = (
     Option("allow_overlap", False, "bool",
            "no warning when validation shares traces or earthquakes with training",
            "Do not warn when the validation split shares trace ids or earthquakes (same "
-           "``source_id``, else the same epicentre, depth and origin time) with the training "
-           "split; the overlap is still written to X_report.txt. A trace named twice inside "
+           "``source_id``; else epicentre, depth and origin time within 0.01 deg, 1 km, 2 s; "
+           "without ids or origin times, the same epicentre, depth and magnitude) with the "
+           "training split; the overlap is still written to X_report.txt. A trace named twice inside "
            "one split is always an error.", {"action": "store_true"}),
 )
 

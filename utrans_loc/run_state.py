@@ -9,10 +9,14 @@ main thread as an error that names it. Every file goes through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -158,22 +162,84 @@ class TrainingState(keras.callbacks.Callback):
                 os.remove(os.path.join(self.state_dir, old))
 
 
+@contextlib.contextmanager
+def ctrl_c_recorded():
+    """While the block runs, Ctrl-C (SIGINT) raises KeyboardInterrupt as always and is
+    also remembered: ``.pressed`` of the yielded object.
+
+    Installed only in the main thread and only over Python's own handler: a
+    caller's handler, or SIGINT ignored on purpose, is left alone (the command
+    line, :func:`utrans_loc.cli.run_main`, puts Python's handler back where the
+    process inherited SIGINT ignored).
+    """
+    state = types.SimpleNamespace(pressed=False)
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield state
+        return
+
+    def handler(signum, frame):
+        state.pressed = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class CtrlCCheck(keras.callbacks.Callback):
+    """Stop the fit at the next batch or epoch end once Ctrl-C was pressed.
+
+    Python raises KeyboardInterrupt wherever the main thread is when SIGINT
+    arrives. Inside a finalizer (a ``__del__`` the garbage collector runs at
+    any allocation, e.g. TensorFlow's ``AtomicFunction.__del__``) it is printed
+    as "Exception ignored" and lost, and the run would go on to its last epoch.
+    This callback, given the state of :func:`ctrl_c_recorded`, raises it again.
+    Put it last: a finished epoch is saved before the run stops.
+    """
+
+    async_safe = True   # it only reads a flag: batch hooks may stay asynchronous
+
+    def __init__(self, ctrl_c):
+        super().__init__()
+        self.ctrl_c = ctrl_c
+
+    def _check(self, *args, **kwargs):
+        if self.ctrl_c.pressed:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+
 def fit_reporting(model, generators, **fit_kwargs):
     """``model.fit``, then raise the TraceError a generator met (it names the trace).
 
     A generator that meets a bad trace records the error and serves a NaN
     batch (see DataGenerator.__getitem__), so the error surfaces here in the
     main thread rather than wrapped by the backend's input pipeline.
+
+    Ctrl-C always ends the fit with KeyboardInterrupt (:func:`ctrl_c_recorded`,
+    :class:`CtrlCCheck`): also when the interrupt was swallowed by a finalizer,
+    or turned into another error by native code (TensorFlow's tracing raises
+    ``SystemError: ... bad argument to internal function`` for it).
     """
     def failure():
         return next((g.failure for g in generators if getattr(g, "failure", None)), None)
 
-    try:
-        history = model.fit(**fit_kwargs)
-    except Exception:
-        if failure() is not None:
-            raise failure() from None
-        raise
+    with ctrl_c_recorded() as ctrl_c:
+        fit_kwargs["callbacks"] = [*(fit_kwargs.get("callbacks") or []), CtrlCCheck(ctrl_c)]
+        try:
+            history = model.fit(**fit_kwargs)
+        except Exception as err:
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt from err
+            if failure() is not None:
+                raise failure() from None
+            raise
+        if ctrl_c.pressed:   # pressed after the last check and swallowed
+            raise KeyboardInterrupt
     if failure() is not None:
         raise failure()
     return history

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from utrans_loc import vocabulary
 from utrans_loc.traces import H5Reader, TraceError, attr_float, attr_snr, attr_text
 
 def load_ids(path):
@@ -95,7 +96,7 @@ META_COLUMNS = ("station_lat", "station_lon", "event_lat", "event_lon", "depth_k
                 "magnitude", "p_arrival_sample", "s_arrival_sample", "coda_end_sample",
                 "snr_db", "snr_db_min", "source_distance_km")
 TEXT_COLUMNS = ("source_id", "source_origin_time")   # event identity, where the file has it
-_ATTR_OF = {"station_lon": "station_long", "event_lon": "event_long", "depth_km": "depth"}
+_ATTR_OF = vocabulary.mapping("table", "datacollected")   # station_lon -> station_long, ...
 
 
 def read_metadata(file_name, ids):
@@ -198,10 +199,27 @@ def check_shapes(file_name, ids, split_name, dim):
 # --------------------------------------------------------------------------
 # Leaks between splits
 # --------------------------------------------------------------------------
-# Two traces record the same earthquake when their source_id agree or, where a
-# trace has none, when epicentre, depth and (if both known) origin time agree
-# within these tolerances (catalogue rounding, not nearby events).
+# When do two traces record the same earthquake? (:func:`_same_events`)
+#
+# 1. Both carry a ``source_id``: exactly when the ids agree.
+# 2. Otherwise, both carry an origin time: epicentre within SAME_EVENT_TOL["deg"],
+#    depth within SAME_EVENT_TOL["depth_km"] and origin times within
+#    SAME_EVENT_TOL["origin_s"] (catalogue rounding; two events that close in space
+#    and time are one).
+# 3. Otherwise (the upstream DataCollected layout has neither id nor origin time):
+#    epicentre, depth AND magnitude agree within SAME_RECORD_TOL. A builder copies
+#    one catalogue row into the attributes of every trace of an event, so two
+#    recordings of one earthquake carry the very same event_lat/event_long/depth/
+#    magnitude; only their storage may differ (float32 vs float64: < 1e-5 degrees,
+#    < 1e-4 km). Catalogues give epicentres to 1e-4 degrees (~10 m), depths to
+#    0.01 km and magnitudes to 0.01: the tolerances are half of one such step, so
+#    equal values match and two different catalogue values never do. Distinct
+#    events close together (aftershocks and swarms, often within 0.01 degrees and
+#    1 km of each other in California) differ by at least one step somewhere,
+#    almost always in the epicentre itself, and are not called one earthquake.
+#    A missing magnitude (or epicentre, depth) matches nothing.
 SAME_EVENT_TOL = {"deg": 0.01, "depth_km": 1.0, "origin_s": 2.0}
+SAME_RECORD_TOL = {"deg": 5e-5, "depth_km": 0.005, "magnitude": 0.005}
 
 
 def check_no_duplicates(ids, split_name, path):
@@ -213,17 +231,40 @@ def check_no_duplicates(ids, split_name, path):
                          f"first: {', '.join(dup[:5])}; remove the duplicates")
 
 
+def _column(meta, name, dtype):
+    """A column of a metadata table, or all-missing when the table lacks it."""
+    if name in meta:
+        return meta[name].to_numpy(dtype)
+    return np.full(len(meta), None if dtype is object else np.nan, dtype=dtype)
+
+
 def _origin_seconds(meta):
+    if "source_origin_time" not in meta:
+        return np.full(len(meta), np.nan)
     times = pd.to_datetime(meta["source_origin_time"], errors="coerce", utc=True, format="mixed")
     return ((times - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()).to_numpy(float)
 
 
-def _same_events(a, b):
-    """Pairs (i, j) of rows of metadata tables ``a`` and ``b`` that record one earthquake."""
+def _near_pairs(xa, xb, scale):
+    """Pairs (i, j) with every ``|xa[i] - xb[j]| <= scale`` (rows with a NaN match nothing)."""
     from scipy.spatial import cKDTree
 
+    xa, xb = xa / scale, xb / scale
+    rows_a = np.flatnonzero(np.isfinite(xa).all(axis=1))
+    rows_b = np.flatnonzero(np.isfinite(xb).all(axis=1))
+    if not len(rows_a) or not len(rows_b):
+        return np.empty(0, int), np.empty(0, int)
+    near = cKDTree(xa[rows_a]).sparse_distance_matrix(cKDTree(xb[rows_b]), max_distance=1.0,
+                                                      p=np.inf, output_type="ndarray")
+    return rows_a[near["i"]], rows_b[near["j"]]
+
+
+def _same_events(a, b):
+    """Pairs (i, j) of rows of metadata tables ``a`` and ``b`` that record one earthquake,
+    by the rules written above SAME_EVENT_TOL: source_id, else origin time with
+    epicentre and depth, else the same epicentre, depth and magnitude (SAME_RECORD_TOL)."""
     pairs = set()
-    ida, idb = a["source_id"].to_numpy(object), b["source_id"].to_numpy(object)
+    ida, idb = _column(a, "source_id", object), _column(b, "source_id", object)
     by_id = {}
     for j, sid in enumerate(idb):
         if sid is not None and sid == sid:   # NaN != NaN: no id
@@ -231,53 +272,60 @@ def _same_events(a, b):
     for i, sid in enumerate(ida):
         if sid is not None and sid == sid:
             pairs.update((i, j) for j in by_id.get(sid, ()))
-    no_id_a = np.array([v is None or v != v for v in ida], dtype=bool)
-    no_id_b = np.array([v is None or v != v for v in idb], dtype=bool)
-    if not no_id_a.any() and not no_id_b.any():
+    has_id_a = np.array([v is not None and v == v for v in ida], dtype=bool)
+    has_id_b = np.array([v is not None and v == v for v in idb], dtype=bool)
+    if has_id_a.all() and has_id_b.all():
         return sorted(pairs)
-    # Coordinates for the traces that lack a source_id on either side.
+    place = ["event_lat", "event_lon", "depth_km"]
+    pa, pb = a[place].to_numpy(float), b[place].to_numpy(float)
+    ta, tb = _origin_seconds(a), _origin_seconds(b)
+    # Origin times on both sides: epicentre, depth and time within SAME_EVENT_TOL.
     tol = SAME_EVENT_TOL
-    cols = ["event_lat", "event_lon", "depth_km"]
-    xa = a[cols].to_numpy(float) / [tol["deg"], tol["deg"], tol["depth_km"]]
-    xb = b[cols].to_numpy(float) / [tol["deg"], tol["deg"], tol["depth_km"]]
-    ok_a, ok_b = np.isfinite(xa).all(axis=1), np.isfinite(xb).all(axis=1)
-    if ok_a.any() and ok_b.any():
-        ta, tb = _origin_seconds(a), _origin_seconds(b)
-        rows_a, rows_b = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
-        near = cKDTree(xa[rows_a]).query_ball_tree(cKDTree(xb[rows_b]), r=1.0, p=np.inf)
-        for k, hits in enumerate(near):
-            i = rows_a[k]
-            for h in hits:
-                j = rows_b[h]
-                both_ids = not no_id_a[i] and not no_id_b[j]
-                far_in_time = np.isfinite(ta[i]) and np.isfinite(tb[j]) and \
-                    abs(ta[i] - tb[j]) > tol["origin_s"]
-                if not both_ids and not far_in_time:
-                    pairs.add((i, j))
+    i, j = _near_pairs(np.column_stack([pa, ta]), np.column_stack([pb, tb]),
+                       np.array([tol["deg"], tol["deg"], tol["depth_km"], tol["origin_s"]]))
+    timed = ~(has_id_a[i] & has_id_b[j])
+    pairs.update(zip(i[timed].tolist(), j[timed].tolist()))
+    # Otherwise: epicentre, depth and magnitude the same values (SAME_RECORD_TOL).
+    tol = SAME_RECORD_TOL
+    ma, mb = _column(a, "magnitude", float), _column(b, "magnitude", float)
+    i, j = _near_pairs(np.column_stack([pa, ma]), np.column_stack([pb, mb]),
+                       np.array([tol["deg"], tol["deg"], tol["depth_km"], tol["magnitude"]]))
+    untimed = ~(has_id_a[i] & has_id_b[j]) & ~(np.isfinite(ta[i]) & np.isfinite(tb[j]))
+    pairs.update(zip(i[untimed].tolist(), j[untimed].tolist()))
     return sorted(pairs)
 
 
 def split_overlap(name_a, meta_a, name_b, meta_b):
     """What splits ``a`` and ``b`` share: the same trace ids, and the same earthquakes.
 
+    Two traces record the same earthquake when their ``source_id`` agree; without
+    one, when epicentre, depth and origin time agree (within 0.01 degrees, 1 km,
+    2 s); without ids or origin times (upstream DataCollected files), only when
+    epicentre, depth and magnitude are the same values (within 5e-5 degrees,
+    0.005 km, 0.005): see SAME_EVENT_TOL and SAME_RECORD_TOL.
+
     Returns
     -------
     dict
         ``pair`` ('a vs b'), ``n_traces`` and ``traces`` (shared trace ids),
-        ``n_events`` (earthquakes recorded in both) and ``event_traces``
-        (the ``a`` traces of those earthquakes); empty lists when clean.
+        ``n_events`` (earthquakes recorded in both: the ``a`` traces of shared
+        earthquakes grouped by the same rules) and ``event_traces`` (those ``a``
+        traces); empty lists when clean.
     """
-    shared = sorted(set(meta_a["trace_name"]) & set(meta_b["trace_name"]))
-    pairs = _same_events(meta_a, meta_b)
-    rows_a = sorted({i for i, _ in pairs})
-    def key(i):
-        sid = meta_a["source_id"].iloc[i]
-        return sid if isinstance(sid, str) else tuple(meta_a[["event_lat", "event_lon",
-                                                              "depth_km"]].iloc[i].round(2))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    keys = {key(i) for i in rows_a}
+    shared = sorted(set(meta_a["trace_name"]) & set(meta_b["trace_name"]))
+    rows_a = sorted({i for i, _ in _same_events(meta_a, meta_b)})
+    n_events = 0
+    if rows_a:
+        mine = meta_a.iloc[rows_a].reset_index(drop=True)
+        links = np.array(_same_events(mine, mine)).reshape(-1, 2)
+        graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])),
+                           shape=(len(rows_a), len(rows_a)))
+        n_events = int(connected_components(graph, directed=False)[0])
     return {"pair": f"{name_a} vs {name_b}", "n_traces": len(shared), "traces": shared,
-            "n_events": len(keys), "event_traces": list(meta_a["trace_name"].iloc[rows_a])}
+            "n_events": n_events, "event_traces": list(meta_a["trace_name"].iloc[rows_a])}
 
 
 def overlap_lines(findings):
