@@ -44,7 +44,7 @@ from utrans_loc import vocabulary
 MAX_D = 114.5   # California depth normalisation (km), as published
 MIN_D = 1e-5
 # The label's inputs as DataCollected attributes (station_lat, station_long, ...).
-LABEL_ATTRS = tuple(vocabulary.mapping("table", "datacollected", vocabulary.LABEL_FIELDS).values())
+LABEL_ATTRS = vocabulary.names(*vocabulary.LABEL_FIELDS, to="datacollected")
 # The published ConvMixer head (UTRANS_SPEC section 3) and the upstream
 # California augmentation rates (section 4): each default is said once, here.
 PUBLISHED_HEAD = dict(convmixer_filters=512, convmixer_depth=10, convmixer_kernel=13,
@@ -76,10 +76,9 @@ def location_label(attrs, trace_id="?", max_d=MAX_D, min_d=MIN_D):
         finite (for example a noise trace in a location split); the message
         names the trace. Upstream silently reused the previous trace's labels.
     """
-    values = {field: attr_float(attrs, attr) for field, attr in
-              vocabulary.mapping("table", "datacollected", vocabulary.LABEL_FIELDS).items()}
-    bad = [vocabulary.name(field, "datacollected") for field, v in values.items()
-           if not np.isfinite(v)]
+    values = {field: attr_float(attrs, attr)
+              for field, attr in zip(vocabulary.LABEL_FIELDS, LABEL_ATTRS)}
+    bad = [attr for attr, v in zip(LABEL_ATTRS, values.values()) if not np.isfinite(v)]
     if bad:
         raise TraceError(
             f"trace '{trace_id}' has no usable {', '.join(bad)} (a noise trace or a "

@@ -63,20 +63,16 @@ _FORMAT = 1   # bump when the work-folder format changes (an old one is then ref
 LOCATION_FIELDS = ("station_lat", "station_lon", "event_lat", "event_lon")
 
 
-def _datacollected(*fields):
-    """DataCollected attribute names of canonical fields."""
-    return tuple(vocabulary.name(f, "datacollected") for f in fields)
-
-
-_COORDS = _datacollected(*LOCATION_FIELDS)
+LOCATION_ATTRS = vocabulary.names(*LOCATION_FIELDS, to="datacollected")
 # Attributes of a written trace copied into its record: text, then numbers.
-_RECORD_TEXT = _datacollected("network_code", "receiver_code", "source_id")
-_RECORD_NUMBERS = _datacollected(*LOCATION_FIELDS, "depth_km", "magnitude", "source_distance_km")
+_RECORD_TEXT = vocabulary.names("network_code", "receiver_code", "source_id", to="datacollected")
+_RECORD_NUMBERS = vocabulary.names(*LOCATION_FIELDS, "depth_km", "magnitude",
+                                   "source_distance_km", to="datacollected")
 # Columns of the per-shard record (one row per selected trace); the written traces'
 # rows, less the bookkeeping columns, are california_traces.csv.
 _RECORD = ("trace_name", "input", "status", "kind", "reason", *_RECORD_TEXT, "group_key",
-           *_datacollected(*LOCATION_FIELDS, "depth_km", "magnitude", "snr_db",
-                           "source_distance_km"))
+           *vocabulary.names(*LOCATION_FIELDS, "depth_km", "magnitude", "snr_db",
+                           "source_distance_km", to="datacollected"))
 _REJECTED = ["trace_name", "input", "kind", "reason"]
 
 
@@ -324,7 +320,7 @@ def build_dataset(source, output_hdf5, output_dir, region, split=(0.7, 0.1, 0.2)
                 "region": region.describe(), "split": list(split),
                 "seed": int(seed), "shard_size": int(shard_size)}
     paths["hdf5"].parent.mkdir(parents=True, exist_ok=True)
-    _open_work_dir(work, manifest)
+    _open_work_dir(work, manifest, source.title)
     commit = work / "COMMIT.json"
     if commit.exists():
         log(f"finishing an interrupted run: moving the outputs out of {work}")
@@ -487,7 +483,7 @@ def _check_outputs(paths, inputs, output_dir, work):
                                   "overwritten: pass another path or move it away)")
 
 
-def _open_work_dir(work, manifest):
+def _open_work_dir(work, manifest, title):
     """Create the work folder, or check that an existing one is this run's.
 
     Returns True when an interrupted run is resumed.
@@ -495,7 +491,7 @@ def _open_work_dir(work, manifest):
     man_path = work / "manifest.json"
     if work.exists():
         if not man_path.is_file():
-            raise ValueError(f"{work} exists but is not a build_california work folder "
+            raise ValueError(f"{work} exists but is not a {title} work folder "
                              "(no manifest.json): move it away")
         old = json.loads(man_path.read_text())
         differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
@@ -675,8 +671,8 @@ def _record(trace_name, index, attrs, status, kind="", reason=""):
         # Event key for the split: STEAD's source_id; without one, origin time
         # and epicentre (recordings of one event share them).
         rec["group_key"] = rec["source_id"] if rec["source_id"] != "None" else \
-            f"{attrs.get('source_origin_time', 'None')}|{rec[_COORDS[2]]:.3f}|" \
-            f"{rec[_COORDS[3]]:.3f}"
+            f"{attrs.get('source_origin_time', 'None')}|{rec[LOCATION_ATTRS[2]]:.3f}|" \
+            f"{rec[LOCATION_ATTRS[3]]:.3f}"
     return rec
 
 

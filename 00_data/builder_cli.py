@@ -31,7 +31,8 @@ RESUME_NOTE = ("An interrupted run (Ctrl-C, kill) resumes when started again wit
 
 def parser(doc, prog):
     """A builder's parser: ``doc`` (the script's docstring) and the resume note as its text."""
-    return argparse.ArgumentParser(prog=prog, description=f"{doc.rstrip()}\n\n{RESUME_NOTE}",
+    text = (doc or "").rstrip()   # python -OO strips docstrings
+    return argparse.ArgumentParser(prog=prog, description=f"{text}\n\n{RESUME_NOTE}",
                                    formatter_class=cli.Formatter)
 
 
@@ -70,6 +71,10 @@ def make_main(build_parser, module, function):
         build = getattr(importlib.import_module(module), function)
         wanted = inspect.signature(build).parameters
         kwargs = {name: value for name, value in vars(args).items() if name in wanted}
+        unused = set(vars(args)) - set(kwargs) - {"no_progress", "debug"}
+        if unused:   # an option that reaches no parameter would silently do nothing
+            raise TypeError(f"{module}.{function} takes no parameter for option(s) "
+                            f"{', '.join(sorted(unused))}")
         kwargs["progress"] = not args.no_progress
         return cli.run_builder(build, kwargs, p.prog, args.output_hdf5, args.debug)
 

@@ -1,10 +1,11 @@
 """California region and split rules shared by the data builders.
 
-``build_california.py`` (real STEAD), ``build_from_seisbench.py`` (SeisBench
-datasets) and ``make_synthetic.py`` (synthetic) select the same region
-(:func:`make_region`, one option vocabulary: ``state | bbox | none`` with a
-``bbox``) and split the same way: by event, so no earthquake is in two splits
-(:func:`split_by_event`). No builder imports another; all import this.
+``build_california.py`` (real STEAD) and ``build_from_seisbench.py`` (SeisBench
+datasets) select the same region (:func:`make_region`, one option vocabulary:
+``state | bbox | none`` with a ``bbox``); they and ``make_synthetic.py``
+(synthetic, inside :data:`LAT_RANGE` / :data:`LON_RANGE`) split the same way:
+by event, so no earthquake is in two splits (:func:`split_by_event`). No builder
+imports another; all import this.
 Must not import keras.
 """
 

@@ -65,11 +65,6 @@ __all__ = ["Chunk", "find_chunks", "read_data_format", "parse_trace_name", "read
 DATASET_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 
 
-def _seisbench(*fields):
-    """SeisBench metadata column names of canonical fields."""
-    return tuple(vocabulary.name(f, "seisbench") for f in fields)
-
-
 # Sample positions: moved onto the 100 Hz window before they are kept.
 _SAMPLE_FIELDS = ("p_arrival_sample", "s_arrival_sample", "coda_end_sample")
 _SAMPLE_COLUMNS = vocabulary.mapping("seisbench", "stead", fields=_SAMPLE_FIELDS)
@@ -78,12 +73,12 @@ _SAMPLE_COLUMNS = vocabulary.mapping("seisbench", "stead", fields=_SAMPLE_FIELDS
 _TO_STEAD = {sb: st for sb, st in vocabulary.mapping("seisbench", "stead").items()
              if st in set(T.STEAD_TO_UPSTREAM) | set(T.STEAD_EXTRAS)
              and st not in set(_SAMPLE_COLUMNS.values()) | {"trace_category"}}
-_LOCATION = _seisbench(*engine.LOCATION_FIELDS, "depth_km")   # must be known
+_LOCATION = vocabulary.names(*engine.LOCATION_FIELDS, "depth_km", to="seisbench")   # must be known
 _REQUIRED = ("trace_name",) + _LOCATION
 _TEXT = ("trace_name", "trace_name_original", "source_type", "split",
-         "trace_component_order") + _seisbench(
+         "trace_component_order") + vocabulary.names(
     "source_id", "source_origin_time", "network_code", "receiver_code", "data_category",
-    "magnitude_type", "trace_start_time", "snr_db")
+    "magnitude_type", "trace_start_time", "snr_db", to="seisbench")
 _USED = tuple(dict.fromkeys(_REQUIRED + _TEXT + tuple(_TO_STEAD) + tuple(_SAMPLE_COLUMNS) + (
     "trace_sampling_rate_hz", "trace_dt_s")))
 _EARTHQUAKE = re.compile(r"earthquake", re.IGNORECASE)

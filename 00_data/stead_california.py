@@ -43,23 +43,19 @@ DIM = (NPTS, 3)
 EARTHQUAKE = "earthquake_local"
 
 
-def _stead(*fields):
-    """STEAD column names of canonical fields."""
-    return tuple(vocabulary.name(f, "stead") for f in fields)
-
-
-_LOCATION = _stead(*engine.LOCATION_FIELDS)
-_CSV_REQUIRED = ("trace_name", *_stead("data_category"), *_LOCATION)
-_CSV_OPTIONAL = _stead("network_code", "receiver_code", "source_id", "magnitude",
-                       "source_distance_km", "snr_db", "source_origin_time")
+_LOCATION = vocabulary.names(*engine.LOCATION_FIELDS, to="stead")
+_CSV_REQUIRED = ("trace_name", *vocabulary.names("data_category", to="stead"), *_LOCATION)
+_CSV_OPTIONAL = vocabulary.names("network_code", "receiver_code", "source_id", "magnitude",
+                                 "source_distance_km", "snr_db", "source_origin_time", to="stead")
 # Each optional filter: (count of the rows it removes, its column, +1: keep value >= limit,
 # -1: keep value <= limit).
-_FILTERS = {"min_snr_db": ("below_min_snr_db", *_stead("snr_db"), 1),
-            "max_distance_km": ("above_max_distance_km", *_stead("source_distance_km"), -1),
-            "min_magnitude": ("below_min_magnitude", *_stead("magnitude"), 1)}
-_NUMERIC = _LOCATION + _stead("magnitude", "source_distance_km")
+_FILTERS = {"min_snr_db": ("below_min_snr_db", vocabulary.name("snr_db", "stead"), 1),
+            "max_distance_km": ("above_max_distance_km",
+                                vocabulary.name("source_distance_km", "stead"), -1),
+            "min_magnitude": ("below_min_magnitude", vocabulary.name("magnitude", "stead"), 1)}
+_NUMERIC = _LOCATION + vocabulary.names("magnitude", "source_distance_km", to="stead")
 # The HDF5 attributes (DataCollected names) that must place the trace.
-_COORDS = tuple(vocabulary.name(f, "datacollected") for f in engine.LOCATION_FIELDS)
+_COORDS = engine.LOCATION_ATTRS
 _DEPTH = vocabulary.name("depth_km", "datacollected")
 
 
@@ -276,9 +272,9 @@ def process_trace(reader, trace_name, region):
 # Build
 # --------------------------------------------------------------------------
 def build_california(stead_hdf5, stead_csv, output_hdf5, output_dir, region_mode="state",
-                     bbox=None, min_snr_db=None, max_distance_km=None, min_magnitude=None,
+                     region=None, min_snr_db=None, max_distance_km=None, min_magnitude=None,
                      split=(0.7, 0.1, 0.2), seed=0, shard_size=1000, csv_chunk_rows=100_000,
-                     progress=True, log=None, interrupt_after=None, region=None):
+                     progress=True, log=None, interrupt_after=None, bbox=None):
     """Build the California DataCollected HDF5 and event-grouped splits from STEAD.
 
     Parameters

@@ -5,7 +5,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -13,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_HEAD, TRAIN, run_main, working_dir
+from conftest import ROOT, SMALL_HEAD, TRAIN, run_main, start_script, working_dir
 
 import EqT_utils_Loc_California as U
 from utrans_loc import files, run_state, training
@@ -74,9 +73,9 @@ def _start_training(synthetic, tmp_path, name, epochs, sigint_ignored=False):
             "--input_validset", synthetic["valid"], "--output_name", name, "--epochs", epochs,
             "--batch_size", "4", "--foundation_weights", "none", "--seed", "3",
             "--convmixer_filters", "16", "--convmixer_depth", "2", "--verbose", "0"]
-    shim = ["-c", _SIGINT_IGNORED] if sigint_ignored else []
-    return subprocess.Popen([sys.executable, *shim, str(ROOT / TRAIN), *map(str, args)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sigint_ignored:
+        return start_script("-c", _SIGINT_IGNORED, ROOT / TRAIN, *args, cwd=tmp_path)
+    return start_script(TRAIN, *args, cwd=tmp_path)
 
 
 @pytest.mark.slow
@@ -113,9 +112,7 @@ def test_ctrl_c_kill_resume_and_a_second_trainer_on_the_same_name(synthetic, tmp
     assert paused_at <= done <= paused_at + 1
 
     # A resume, killed hard while it trains the epoch after the next one it saves.
-    again = subprocess.Popen([sys.executable, str(ROOT / TRAIN), "--output_name", "c",
-                              "--resume", "--verbose", "0"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    again = start_script(TRAIN, "--output_name", "c", "--resume", "--verbose", "0", cwd=tmp_path)
     _wait_for_epoch(again, state, done + 1)
     assert again.poll() is None, again.communicate()[1][-2000:]
     os.kill(again.pid, signal.SIGKILL)

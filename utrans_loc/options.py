@@ -244,6 +244,8 @@ def parameters_doc(table, indent=""):
 
 def document(func, table):
     """Fill the ``{parameters}`` line of ``func``'s docstring from ``table``; returns ``func``."""
+    if func.__doc__ is None:   # python -OO strips docstrings
+        return func
     match = re.search(r"^( *)\{parameters\}$", func.__doc__, flags=re.M)
     if match is None:
         raise ValueError(f"{func.__name__}'s docstring has no {{parameters}} line")

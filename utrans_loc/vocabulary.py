@@ -1,8 +1,9 @@
 """One metadata vocabulary: each field's name in every format the project reads.
 
 The canonical name of a field is its column in the per-trace tables
-(:func:`utrans_loc.splits.read_metadata`, the builders' CSVs, the tester's
-results). The same field is spelled differently by the upstream DataCollected
+(:func:`utrans_loc.splits.read_metadata`, the tester's results; the builders'
+``california_traces.csv`` keeps the DataCollected spellings of the file it
+describes). The same field is spelled differently by the upstream DataCollected
 HDF5 attributes, by STEAD's metadata and by SeisBench's; every reader maps
 names through :func:`mapping` instead of keeping its own list, so a field is
 renamed or added here once.
@@ -53,6 +54,12 @@ def name(field, vocabulary):
     if vocabulary == "table":
         return field if field in FIELDS else None
     return FIELDS[field][VOCABULARIES.index(vocabulary) - 1]
+
+
+def names(*fields, to):
+    """The names of canonical ``fields`` in vocabulary ``to``, as a tuple (None where
+    it has none)."""
+    return tuple(name(f, to) for f in fields)
 
 
 def mapping(source, target, fields=None):
