@@ -240,12 +240,15 @@ def pre_emphasis(data, coeff=0.97):
 # One small callable per transform (SeisBench's pattern): the generator gets a
 # list and applies it in order, without knowing the transforms' names.
 class Augmentation:
-    """A transform of the chain: ``transform(data, meta, rng) -> (data, meta)``.
+    """A transform of the chain at a ``rate``: ``transform(data, meta, rng) -> (data, meta)``.
 
     ``meta`` holds the trace's p_arrival, s_arrival, coda_end (samples) and snr;
     only a transform that moves the waveform returns it changed. Every random
     draw comes from ``rng`` (repeatable per seed, epoch and batch).
     """
+
+    def __init__(self, rate):
+        self.rate = rate
 
     def first_copy(self):
         """What the first copy of an id gets in a half batch (UTRANS_SPEC section 5):
@@ -259,9 +262,6 @@ class Augmentation:
 class ShiftEvent(Augmentation):
     """:func:`shift_event` at ``rate``; the picks move with the waveform."""
 
-    def __init__(self, rate):
-        self.rate = rate
-
     def __call__(self, data, meta, rng):
         data, shift = shift_event(data, meta["coda_end"], self.rate, rng, return_shift=True)
         return data, shifted_picks(meta, shift, data.shape[0])
@@ -273,9 +273,6 @@ class ShiftEvent(Augmentation):
 class AddEvent(Augmentation):
     """:func:`add_event` at ``rate`` (a second event after the coda)."""
 
-    def __init__(self, rate):
-        self.rate = rate
-
     def __call__(self, data, meta, rng):
         return add_event(data, meta["p_arrival"], meta["s_arrival"], meta["coda_end"],
                          meta["snr"], self.rate, rng), meta
@@ -284,9 +281,6 @@ class AddEvent(Augmentation):
 class AddNoise(Augmentation):
     """:func:`add_noise` at ``rate``."""
 
-    def __init__(self, rate):
-        self.rate = rate
-
     def __call__(self, data, meta, rng):
         return add_noise(data, meta["snr"], self.rate, rng), meta
 
@@ -294,18 +288,12 @@ class AddNoise(Augmentation):
 class DropChannel(Augmentation):
     """:func:`drop_channel` at ``rate``."""
 
-    def __init__(self, rate):
-        self.rate = rate
-
     def __call__(self, data, meta, rng):
         return drop_channel(data, meta["snr"], self.rate, rng), meta
 
 
 class ScaleAmplitude(Augmentation):
     """:func:`scale_amplitude` at ``rate``."""
-
-    def __init__(self, rate):
-        self.rate = rate
 
     def __call__(self, data, meta, rng):
         return scale_amplitude(data, self.rate, rng), meta
@@ -323,9 +311,6 @@ class PreEmphasis(Augmentation):
 
 class AddGap(Augmentation):
     """:func:`add_gaps` at ``rate``."""
-
-    def __init__(self, rate):
-        self.rate = rate
 
     def __call__(self, data, meta, rng):
         return add_gaps(data, self.rate, rng), meta

@@ -38,7 +38,7 @@ def parser(doc, prog):
 
 def add_outputs_and_region(p):
     """--output_hdf5, --output_dir, --region_mode, --bbox (and the earlier --region)."""
-    cli.add_builder_outputs(p)
+    add_outputs(p)
     earlier = ", ".join(f"'{old}' for '{new}'" for old, new in OLD_REGION_MODES.items())
     p.add_argument("--region_mode", choices=list(REGION_MODES) + list(OLD_REGION_MODES),
                    default=REGION_MODES[0], metavar="{" + ",".join(REGION_MODES) + "}",
@@ -54,15 +54,9 @@ def add_outputs_and_region(p):
                         "LON_MAX (accepted, with a note)")
 
 
-def add_run_options(p):
-    """--split, --seed, --shard_size, --no_progress, --debug; returns the parser."""
-    cli.add_builder_run_options(p)
-    return p
-
-
 def make_main(build_parser, module, function):
     """A builder's ``main(argv=None)``: parse, then call ``module.function`` with every
-    option of the same name (exit status as :func:`utrans_loc.cli.run_builder`)."""
+    option of the same name (exit status as :func:`run_builder`)."""
     def main(argv=None):
         """Run the command line; returns the process exit status."""
         p = build_parser()
@@ -76,6 +70,46 @@ def make_main(build_parser, module, function):
             raise TypeError(f"{module}.{function} takes no parameter for option(s) "
                             f"{', '.join(sorted(unused))}")
         kwargs["progress"] = not args.no_progress
-        return cli.run_builder(build, kwargs, p.prog, args.output_hdf5, args.debug)
+        return run_builder(build, kwargs, p.prog, args.output_hdf5, args.debug)
 
     return main
+
+
+def add_outputs(p):
+    """--output_hdf5 and --output_dir of a data builder (00_data/build_*.py)."""
+    p.add_argument("--output_hdf5", required=True,
+                   help="DataCollected HDF5 to write (must not exist)")
+    p.add_argument("--output_dir", required=True,
+                   help="folder for train/valid/test_Events.npy, california_traces.csv, "
+                        "skipped_traces.csv, build_report.txt (created if missing)")
+
+
+def add_run_options(p):
+    """--split, --seed, --shard_size, --no_progress, --debug; returns the parser."""
+    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.1, 0.2],
+                   metavar=("TRAIN", "VALID", "TEST"),
+                   help="fractions of events (source_id) in train/valid/test; sum 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the event shuffle for the splits")
+    p.add_argument("--shard_size", type=int, default=1000,
+                   help="traces per intermediate shard (the unit of resume)")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def run_builder(build, kwargs, prog, output_hdf5, debug=False):
+    """A data builder's command line: ``build(**kwargs, log=...)``, then its report.
+
+    Status lines go to stderr prefixed with ``prog``; exit status as
+    :func:`utrans_loc.cli.run_main` (2 for bad input, 130 for Ctrl-C, saying how to
+    resume).
+    """
+    def job():
+        out = build(**kwargs, log=lambda message: print(f"{prog}: {message}", file=sys.stderr))
+        with open(out["paths"]["report"], encoding="utf8") as fh:
+            print(fh.read(), end="")
+        print("wrote " + ", ".join(map(str, out["paths"].values())))
+
+    return cli.run_main(job, {"debug": debug}, prog,
+                        interrupted=f"finished work is kept in {output_hdf5}.partial/: run the "
+                                    "same command again to resume")
