@@ -23,19 +23,19 @@ import trainer1 as tr
 @pytest.mark.slow
 def test_nan_loss_stops_training_naming_the_batch(synthetic, tmp_path, monkeypatch):
     calls = {"n": 0, "ids": None}
-    original = U.DataGenerator.__getitem__
+    original = U.DataGenerator.batch_at
 
-    def poisoned(self, index):
-        x, y = original(self, index)
+    def poisoned(self, epoch, index):
+        x, y = original(self, epoch, index)
         if self.augmentation:
             calls["n"] += 1
             if calls["n"] == 3:                      # the third training batch served
-                calls["ids"] = set(self.batch_ids(index))
+                calls["ids"] = set(self.batch_ids(index, epoch))
                 y = y.copy()
                 y[0, 0] = np.inf                     # finite input, infinite loss
         return x, y
 
-    monkeypatch.setattr(U.DataGenerator, "__getitem__", poisoned)
+    monkeypatch.setattr(U.DataGenerator, "batch_at", poisoned)
     with working_dir(tmp_path), pytest.raises(U.TraceError, match="NaN/Inf at epoch 1") as err:
         tr.trainer1(input_hdf5=synthetic["hdf5"], input_trainset=synthetic["train"],
                     input_validset=synthetic["valid"], output_name="nan", batch_size=8,

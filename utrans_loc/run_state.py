@@ -77,12 +77,16 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 class NaNGuard(keras.callbacks.Callback):
     """Stop at the first non-finite training loss and remember which traces
-    made that batch, so the run can name them."""
+    made that batch, so the run can name them.
 
-    def __init__(self, generator):
+    ``batches`` maps the n-th training batch of this fit (0, 1, ...) to its
+    trace ids: ``EpochStream.batch_ids``. It may be set after construction."""
+
+    def __init__(self, batches=None):
         super().__init__()
-        self.generator = generator
+        self.batches = batches
         self.epoch = 0
+        self.served = 0
         self.bad = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -92,8 +96,9 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
             self.bad = {"epoch": self.epoch + 1, "batch": batch + 1,
-                        "traces": list(dict.fromkeys(self.generator.batch_ids(batch)))}
+                        "traces": list(dict.fromkeys(self.batches.batch_ids(self.served)))}
             self.model.stop_training = True
+        self.served += 1
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -110,10 +110,14 @@ def train(cfg, run_, start):
           f"foundation weights: "
           f"{weights_note(run_, weights)}")
     if initial_epoch < cfg.epochs and not (run_.state and run_.state.get("stopped_early")):
+        # Streams: one input pipeline for the whole run (see EpochStream).
         # shuffle=False: the generator shuffles itself each epoch; Keras must not
         # reorder its batches (the NaN guard maps batch numbers to trace ids).
-        run_state.fit_reporting(model, [train_gen, valid_gen], x=train_gen,
-                                validation_data=valid_gen, epochs=cfg.epochs,
+        train, valid = U.EpochStream(train_gen), U.EpochStream(valid_gen)
+        callbacks["nan_guard"].batches = train
+        run_state.fit_reporting(model, [train_gen, valid_gen], x=train,
+                                steps_per_epoch=train.steps_per_epoch, validation_data=valid,
+                                validation_steps=valid.steps_per_epoch, epochs=cfg.epochs,
                                 initial_epoch=initial_epoch, callbacks=callbacks["list"],
                                 shuffle=False, verbose=cfg.verbose)
     raise_if_nan(callbacks)
@@ -265,7 +269,7 @@ def make_callbacks(cfg, run_, train_gen):
                                                            patience=cfg.patience),
     }
     stateful = dict(cb)
-    cb["nan_guard"] = run_state.NaNGuard(train_gen)
+    cb["nan_guard"] = run_state.NaNGuard()   # given the training stream when fit starts
     cb["state"] = run_state.TrainingState(run_.state_dir,
                                           os.path.join(run_.output_dir, "history.csv"), stateful)
     timer = run_state.EpochTimer(len(train_gen) * cfg.batch_size)
