@@ -541,3 +541,72 @@ def make_synthetic_california(output_hdf5, output_dir, n_traces=3000, n_stations
             "n_traces": int(len(eq)), "n_noise": n_noise, "n_events": n_events,
             "counts": {k: int(len(v)) for k, v in zip(("train", "valid", "test"), parts)},
             "stations": stations, "catalog": catalog}
+
+
+def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
+    """The worked example of the locator: synthetic events as a network records them.
+
+    Takes the ``n_events`` events of ``trace_ids`` recorded by the most
+    stations (at least ``min_stations``) and writes, in the new folder
+    ``out_dir``: ``waveforms/<trace_id>.mseed`` (one 60 s E/N/Z file per
+    station and event), ``stations.xml`` (StationXML), ``picks.csv``
+    (``network, station, p_time, event_id``) and ``truth.csv`` (each event's
+    epicentre, depth, magnitude and origin time). Absolute times are those of
+    one origin time per event: each file starts so that its P arrives at the
+    origin time plus the straight-ray P travel time (``VP_KM_S``) over the
+    hypocentral distance, as the generator placed S after P.
+
+    Returns
+    -------
+    dict
+        ``waveforms``, ``inventory``, ``picks``, ``truth`` (paths) and
+        ``events`` (their count).
+    """
+    from obspy import UTCDateTime
+
+    from utrans_loc import files
+    from utrans_loc.waveforms import write_enz_inventory, write_enz_mseed
+
+    with h5py.File(hdf5, "r") as f:
+        traces = pd.DataFrame([{"trace": str(t), **{k: f[str(t)].attrs[k] for k in (
+            "source_id", "source_origin_time", "event_lat", "event_long", "depth", "magnitude",
+            "network_code", "receiver_code", "station_lat", "station_long", "p_arrival_sample",
+            "source_distance_km")}} for t in trace_ids])
+    counts = traces.groupby("source_id")["receiver_code"].nunique()
+    chosen = counts[counts >= min_stations].sort_values(ascending=False, kind="stable")
+    chosen = list(chosen.index[:n_events])
+    if not chosen:
+        raise ValueError(f"{hdf5}: no event of the {len(trace_ids)} traces is recorded by "
+                         f"{min_stations} or more stations")
+    files.check_new_output_dir(out_dir, hint="choose another folder")
+    wave_dir = os.path.join(out_dir, "waveforms")
+    os.makedirs(wave_dir)
+    picks, stations, truth = [], {}, []
+    with h5py.File(hdf5, "r") as f:
+        for source_id in chosen:
+            rows = traces[traces["source_id"] == source_id]
+            first = rows.iloc[0]
+            origin = UTCDateTime(str(first["source_origin_time"]).replace(" ", "T"))
+            truth.append({"event_id": source_id, "origin_time": str(origin),
+                          "latitude": first["event_lat"], "longitude": first["event_long"],
+                          "depth_km": first["depth"], "magnitude": first["magnitude"],
+                          "n_stations": len(rows)})
+            for row in rows.itertuples():
+                hyp_km = math.hypot(row.source_distance_km, max(row.depth, 0.0))
+                p_time = origin + hyp_km / VP_KM_S
+                start = p_time - row.p_arrival_sample / FS
+                net, sta = str(row.network_code), str(row.receiver_code)
+                write_enz_mseed(os.path.join(wave_dir, f"{row.trace}.mseed"),
+                                f[row.trace]["data"][()], net, sta, "HH", start)
+                picks.append({"network": net, "station": sta,
+                              "p_time": p_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                              "event_id": source_id})
+                stations[(net, sta)] = (float(row.station_lat), float(row.station_long), 0.0,
+                                        {"HH"})
+    paths = {"waveforms": wave_dir, "inventory": os.path.join(out_dir, "stations.xml"),
+             "picks": os.path.join(out_dir, "picks.csv"),
+             "truth": os.path.join(out_dir, "truth.csv"), "events": len(chosen)}
+    write_enz_inventory(stations, paths["inventory"], "synthetic_california.write_event_files")
+    files.atomic_write(paths["picks"], lambda fh: pd.DataFrame(picks).to_csv(fh, index=False))
+    files.atomic_write(paths["truth"], lambda fh: pd.DataFrame(truth).to_csv(fh, index=False))
+    return paths

@@ -243,7 +243,36 @@ def device_description():
 
         gpus = tf.config.list_physical_devices("GPU")
         devices = f"{len(gpus)} GPU(s)" if gpus else "CPU"
-    return f"{backend} on {devices}; {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+    return f"{backend} on {devices}; {cpu_description()}"
+
+
+def cpu_description():
+    """The CPU as the results depend on it: model name, cores, AVX2 / AVX-512
+    flags, and whether TensorFlow uses oneDNN (on by default only where the CPU
+    has AVX-512 VNNI, AVX-512 BF16, AVX-VNNI or AMX; TF_ENABLE_ONEDNN_OPTS=0
+    makes an AVX-512 machine run TensorFlow as an AVX2-only one does)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    key_flags = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    isa = (f"AVX-512 ({', '.join(key_flags)})" if "avx512f" in flags else "no AVX-512") + \
+        ("; AVX2" if "avx2" in flags else "; no AVX2")
+    onednn_cpu = bool({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16"} & flags)
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    onednn = onednn_cpu if setting is None else setting.strip().lower() in ("1", "true")
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"{os.cpu_count()} CPU cores, {model}, {isa}; TensorFlow oneDNN "
+            f"{'on' if onednn else 'off'}{f' (TF_ENABLE_ONEDNN_OPTS={setting})' if setting else ''}"
+            f"{f', ONEDNN_MAX_CPU_ISA={isa_cap}' if isa_cap else ''}")
 
 
 def main(argv=None):
@@ -319,6 +348,7 @@ def format_table(results, args):
                 label = label.replace("small file", f"{args.n_small} traces").replace(
                     "large file", f"{args.n_large} traces")
             lines.append(f"| {label} | {text} | {unit} | {target} |")
+    lines.append(f"\n{results['device']}")   # every result with the CPU it was measured on
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 DataGeneratorPrediction, the learning-rate schedule and the location model."""
 
 import math
+import os
 
 import h5py
 import keras
@@ -370,3 +371,43 @@ def test_augmentation_chain_keeps_shape_and_finiteness(data, seed, snr, emphasis
                           scale_amplitude_r=0.5, pre_emphasis_on=emphasis, add_gap_r=0.5)
     assert out.shape == data.shape and np.isfinite(out).all()
     assert np.isfinite(U.normalize(out)).all()
+
+
+def test_epoch_stream_serves_fits_batches_in_order_without_moving_the_generator(synthetic):
+    gen, _ = _gen(synthetic, augmentation=True, shift_event_r=0.9, add_noise_r=0.5)
+    steps = len(gen)
+    stream = U.EpochStream(gen)
+    assert stream.num_batches is None and stream.steps_per_epoch == steps
+    assert stream.start_epoch == 1   # fit(gen) began with the generator's epoch 1
+    # Stream batch i is batch i % steps of epoch 1 + i // steps: the same arrays
+    # as the generator positioned at that epoch, whatever order they are read in.
+    reads = [2 * steps + 1, 0, steps - 1, steps]
+    served = {i: stream[i] for i in reads}
+    assert gen.epoch == 0                      # reading never moves the generator
+    for i in reads:
+        epoch, index = 1 + i // steps, i % steps
+        gen.set_epoch(epoch)
+        x, y = gen[index]
+        np.testing.assert_array_equal(served[i][0], x)
+        np.testing.assert_array_equal(served[i][1], y)
+        np.testing.assert_array_equal(stream.batch_ids(i), gen.batch_ids(index))
+    # Epochs differ (shuffle, augmentation draws); a resumed generator's stream
+    # starts after the epochs done.
+    assert not np.array_equal(stream[0][0], stream[steps][0])
+    gen.set_epoch(5)
+    assert U.EpochStream(gen).position(0) == (6, 0)
+    assert U.EpochStream(gen, start_epoch=2).position(steps + 3) == (3, 3)
+
+
+def test_cpu_memory_pooling_keeps_a_users_setting(monkeypatch):
+    from utrans_loc import devices
+
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    applied = devices.pool_cpu_memory()
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    import platform
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied is True                 # every mallopt call accepted
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "false")
+    devices.pool_cpu_memory()
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "false"

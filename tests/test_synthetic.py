@@ -301,3 +301,52 @@ def test_seed_reproducible(tmp_path):
                               np.load(tmp_path / "b" / f"{k}_Events.npy"))
     assert a.keys() != c.keys() or not all(np.array_equal(a[t][0], c[t][0]) for t in a)
     assert [v[1] for v in a.values()] != [v[1] for v in c.values()]
+
+
+# ----------------------------------------------------------------- the locator's worked example
+def test_event_files_have_one_origin_time_per_event(dataset, tmp_path):
+    import pandas as pd
+    from obspy import UTCDateTime, read, read_inventory
+
+    from utrans_loc import locate
+
+    ids = np.load(dataset["test"]).tolist() + np.load(dataset["train"]).tolist()
+    out = sc.write_event_files(dataset["hdf5"], ids, tmp_path / "ex", n_events=3)
+    picks, truth = pd.read_csv(out["picks"]), pd.read_csv(out["truth"])
+    assert out["events"] == len(truth) <= 3 and len(truth) >= 1
+    assert (truth["n_stations"] >= 2).all()
+    inventory = read_inventory(out["inventory"])
+    with h5py.File(dataset["hdf5"], "r") as fh:
+        for event in truth.itertuples():
+            rows = picks[picks["event_id"] == event.event_id]
+            assert len(rows) == event.n_stations
+            for pick in rows.itertuples():
+                (trace_id,) = [t for t in ids if fh[t].attrs["source_id"] == event.event_id
+                               and fh[t].attrs["receiver_code"] == pick.station]
+                attrs = fh[trace_id].attrs
+                hyp = math.hypot(attrs["source_distance_km"], attrs["depth"])
+                # P time = the event's one origin time + P travel time (straight ray)
+                assert abs(UTCDateTime(pick.p_time) - UTCDateTime(event.origin_time)
+                           - hyp / sc.VP_KM_S) < 1e-5
+                stream = read(str(Path(out["waveforms"]) / f"{trace_id}.mseed"))
+                assert sorted(tr.stats.channel for tr in stream) == ["HHE", "HHN", "HHZ"]
+                z = stream.select(channel="HHZ")[0]
+                p_sample = round((UTCDateTime(pick.p_time) - z.stats.starttime) * 100)
+                assert p_sample == attrs["p_arrival_sample"]
+                np.testing.assert_array_equal(z.data, fh[trace_id]["data"][:, 2])
+                coords = inventory.get_coordinates(f"SY.{pick.station}..HHZ")
+                assert coords["latitude"] == pytest.approx(attrs["station_lat"])
+    with pytest.raises(FileExistsError):
+        sc.write_event_files(dataset["hdf5"], ids, tmp_path / "ex")     # never overwritten
+    # compare_with_truth: the preferred (inverse-variance) location and its errors
+    table = pd.DataFrame({"event_id": [truth.event_id[0]] * 2,
+                          "pred_event_lat": [truth.latitude[0] + 0.1, truth.latitude[0] + 0.3],
+                          "pred_event_lat_std": [0.1, 0.1],
+                          "pred_event_lon": [truth.longitude[0]] * 2, "pred_event_lon_std": [0.2] * 2,
+                          "pred_depth_km": [truth.depth_km[0] + 2.0] * 2,
+                          "pred_depth_km_std": [1.0, 3.0]})
+    row = locate.compare_with_truth(table, truth, sampled=True).iloc[0]
+    assert row["stations"] == 2 and row["lat"] == pytest.approx(truth.latitude[0] + 0.2)
+    assert row["lat_std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert row["depth_error_km"] == pytest.approx(2.0)
+    assert row["epicentral_error_km"] == pytest.approx(0.2 * 111.0, rel=0.01)

@@ -428,3 +428,42 @@ def report_items(cfg, settings, loaded, table, skipped, timings, elapsed):
         ("time_taken_s", round(elapsed, 1)),
         *((f"time_{k}", round(v, 2)) for k, v in timings.items()),
         ("picks_per_s_predict", round(len(table) / max(predict, 1e-9), 1))]
+
+
+def compare_with_truth(locations, truth, sampled):
+    """Each event's preferred location (as in events.xml) beside its true one.
+
+    Parameters
+    ----------
+    locations : pandas.DataFrame
+        The locator's ``locations.csv`` table (one row per located pick).
+    truth : pandas.DataFrame
+        ``event_id, latitude, longitude, depth_km`` per event (e.g. the
+        ``truth.csv`` of the synthetic example).
+    sampled : bool
+        The locations have Monte-Carlo ``*_std`` columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per located event: stations, true and located latitude,
+        longitude, depth with their 1-sigma errors, epicentral error (km,
+        geodesic) and depth error (km).
+    """
+    rows = []
+    truth = truth.set_index(truth["event_id"].astype(str))
+    for event_id, picks in locations.groupby(locations["event_id"].astype(str), sort=False):
+        if event_id not in truth.index:
+            continue
+        best, true = combine_estimates(picks, sampled), truth.loc[event_id]
+        rows.append({
+            "event_id": event_id, "stations": len(picks),
+            "true_lat": true["latitude"], "lat": best["latitude"], "lat_std": best["latitude_std"],
+            "true_lon": true["longitude"], "lon": best["longitude"],
+            "lon_std": best["longitude_std"],
+            "true_depth_km": true["depth_km"], "depth_km": best["depth_km"],
+            "depth_km_std": best["depth_km_std"],
+            "epicentral_error_km": float(metrics.geodesic_km(
+                true["latitude"], true["longitude"], best["latitude"], best["longitude"])[()]),
+            "depth_error_km": best["depth_km"] - true["depth_km"]})
+    return pd.DataFrame(rows)

@@ -110,14 +110,16 @@ def train(cfg, run_, start):
           f"foundation weights: "
           f"{weights_note(run_, weights)}")
     if initial_epoch < cfg.epochs and not (run_.state and run_.state.get("stopped_early")):
-        # Streams: one input pipeline for the whole run (see EpochStream).
+        # Training reads one stream for the whole run (see EpochStream). Validation
+        # stays a finite dataset: Keras makes a new validation iterator for every
+        # pass anyway, and one over a finished dataset is let go without a wait.
         # shuffle=False: the generator shuffles itself each epoch; Keras must not
         # reorder its batches (the NaN guard maps batch numbers to trace ids).
-        train, valid = U.EpochStream(train_gen), U.EpochStream(valid_gen)
+        train = U.EpochStream(train_gen)
         callbacks["nan_guard"].batches = train
         run_state.fit_reporting(model, [train_gen, valid_gen], x=train,
-                                steps_per_epoch=train.steps_per_epoch, validation_data=valid,
-                                validation_steps=valid.steps_per_epoch, epochs=cfg.epochs,
+                                steps_per_epoch=train.steps_per_epoch, validation_data=valid_gen,
+                                epochs=cfg.epochs,
                                 initial_epoch=initial_epoch, callbacks=callbacks["list"],
                                 shuffle=False, verbose=cfg.verbose)
     raise_if_nan(callbacks)

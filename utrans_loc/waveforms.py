@@ -599,8 +599,7 @@ def export_stead(stead_hdf5, out_dir, trace_names=None, exact_windows=True):
     dict
         ``waveforms`` (folder), ``inventory``, ``picks`` (paths).
     """
-    from obspy import Stream, Trace, UTCDateTime
-    from obspy.core.inventory import Channel, Inventory, Network, Station
+    from obspy import UTCDateTime
 
     from utrans_loc import files
     from utrans_loc.traces import H5Reader, LAYOUT_COLLECTED, STEAD_OLD_GROUPS
@@ -625,14 +624,7 @@ def export_stead(stead_hdf5, out_dir, trace_names=None, exact_windows=True):
             band = _text(attrs.get("receiver_type"))
             start = UTCDateTime(_text(attrs.get("trace_start_time")))
             data = np.asarray(node)
-            # astype gives the '=' (native) byte order: ObsPy 1.5's miniSEED writer
-            # byte-swaps any other mark, and h5py marks little-endian data '<'.
-            traces = [Trace(data[:, i].astype(np.float32), header={
-                "network": net, "station": sta, "location": "", "channel": band + comp,
-                "sampling_rate": SAMPLING_RATE, "starttime": start})
-                for i, comp in enumerate("ENZ")]
-            path = os.path.join(wave_dir, f"{name}.mseed")
-            files.atomic_save(path, lambda tmp: Stream(traces).write(tmp, format="MSEED"))
+            write_enz_mseed(os.path.join(wave_dir, f"{name}.mseed"), data, net, sta, band, start)
             p_s = float(np.asarray(attrs["p_arrival_sample"]).ravel()[0]) / SAMPLING_RATE
             pick = {"network": net, "station": sta,
                     "p_time": (start + p_s).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -646,6 +638,36 @@ def export_stead(stead_hdf5, out_dir, trace_names=None, exact_windows=True):
                                              set()))[3].add(band)
     finally:
         reader.close()
+    inventory_path = os.path.join(out_dir, "stations.xml")
+    write_enz_inventory(stations, inventory_path, "utrans_loc.waveforms.export_stead")
+    picks_path = os.path.join(out_dir, "picks.csv")
+    files.atomic_write(picks_path, lambda fh: pd.DataFrame(picks).to_csv(fh, index=False))
+    return {"waveforms": wave_dir, "inventory": inventory_path, "picks": picks_path}
+
+
+def write_enz_mseed(path, data, network, station, band, start):
+    """One miniSEED file of a (samples, 3) E/N/Z array at 100 Hz from ``start``
+    (channels ``<band>E/N/Z``, empty location code), written atomically."""
+    from obspy import Stream, Trace
+
+    from utrans_loc import files
+
+    # astype gives the '=' (native) byte order: ObsPy 1.5's miniSEED writer
+    # byte-swaps any other mark, and h5py marks little-endian data '<'.
+    traces = [Trace(np.asarray(data)[:, i].astype(np.float32), header={
+        "network": network, "station": station, "location": "", "channel": band + comp,
+        "sampling_rate": SAMPLING_RATE, "starttime": start})
+        for i, comp in enumerate("ENZ")]
+    files.atomic_save(path, lambda tmp: Stream(traces).write(tmp, format="MSEED"))
+
+
+def write_enz_inventory(stations, path, source):
+    """StationXML of ``{(network, station): (lat, lon, elevation_m, bands)}``, each
+    band with E/N/Z channels (azimuth 90/0/0, dip 0/0/-90), written atomically."""
+    from obspy.core.inventory import Channel, Inventory, Network, Station
+
+    from utrans_loc import files
+
     networks = {}
     for (net, sta), (lat, lon, elev, bands) in sorted(stations.items()):
         channels = [Channel(code=band + comp, location_code="", latitude=lat, longitude=lon,
@@ -657,12 +679,8 @@ def export_stead(stead_hdf5, out_dir, trace_names=None, exact_windows=True):
         networks.setdefault(net, []).append(Station(code=sta, latitude=lat, longitude=lon,
                                                     elevation=elev, channels=channels))
     inventory = Inventory(networks=[Network(code=net, stations=s) for net, s in networks.items()],
-                          source="utrans_loc.waveforms.export_stead")
-    inventory_path = os.path.join(out_dir, "stations.xml")
-    files.atomic_save(inventory_path, lambda tmp: inventory.write(tmp, format="STATIONXML"))
-    picks_path = os.path.join(out_dir, "picks.csv")
-    files.atomic_write(picks_path, lambda fh: pd.DataFrame(picks).to_csv(fh, index=False))
-    return {"waveforms": wave_dir, "inventory": inventory_path, "picks": picks_path}
+                          source=source)
+    files.atomic_save(path, lambda tmp: inventory.write(tmp, format="STATIONXML"))
 
 
 def _text(value):
