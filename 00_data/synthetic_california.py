@@ -550,7 +550,8 @@ def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
     stations (at least ``min_stations``) and writes, in the new folder
     ``out_dir``: ``waveforms/<trace_id>.mseed`` (one 60 s E/N/Z file per
     station and event), ``stations.xml`` (StationXML), ``picks.csv``
-    (``network, station, p_time, event_id``) and ``truth.csv`` (each event's
+    (``network, station, p_time, event_id, p_position_s``: the P's place in its
+    file, so the locator's window is the whole file) and ``truth.csv`` (each event's
     epicentre, depth, magnitude and origin time). Absolute times are those of
     one origin time per event: each file starts so that its P arrives at the
     origin time plus the straight-ray P travel time (``VP_KM_S``) over the
@@ -598,9 +599,12 @@ def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
                 net, sta = str(row.network_code), str(row.receiver_code)
                 write_enz_mseed(os.path.join(wave_dir, f"{row.trace}.mseed"),
                                 f[row.trace]["data"][()], net, sta, "HH", start)
+                # p_position_s: the P's place in this 60 s file, so the
+                # locator's window is the file (the default 7 s may not fit).
                 picks.append({"network": net, "station": sta,
                               "p_time": p_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                              "event_id": source_id})
+                              "event_id": source_id,
+                              "p_position_s": row.p_arrival_sample / FS})
                 stations[(net, sta)] = (float(row.station_lat), float(row.station_long), 0.0,
                                         {"HH"})
     paths = {"waveforms": wave_dir, "inventory": os.path.join(out_dir, "stations.xml"),
