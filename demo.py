@@ -1,8 +1,8 @@
 """Quick-start demo: synthetic California set -> trainer1 -> tester1 -> reader -> locator.
 
 Runs the five stage scripts exactly as a user would, in ``./demo_run/``, and
-prints the metrics table and the locator's per-event table last (about 10
-minutes on a 2-core CPU with AVX-512, roughly twice that without). The locator
+prints the metrics table and the locator's per-event table last (12 minutes
+measured on a 2-core CPU with AVX-512; expect about 19 without). The locator
 stage writes test-split events recorded by two or more stations as miniSEED +
 StationXML + a picks CSV (``event_files/``, absolute times from one origin
 time per event) and locates them with the model just trained. The
