@@ -560,11 +560,15 @@ class DataGenerator(keras.utils.PyDataset):
         n = len(self.list_IDs)
         if not self.shuffle:
             return np.arange(n)
-        if epoch not in self._orders:
-            if len(self._orders) > 2:   # a stream reads at most two epochs at once
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.random.default_rng([self.seed, int(epoch)]).permutation(n)
-        return self._orders[epoch]
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+            # A new dict, swapped in whole: worker threads may read it meanwhile
+            # (a race costs at most a recomputed order). A stream reads at most
+            # two epochs at once; the oldest others are dropped.
+            kept = sorted(self._orders)[-2:]
+            self._orders = {**{e: self._orders[e] for e in kept}, epoch: order}
+        return order
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)

@@ -154,6 +154,7 @@ def _locate(work, data, model, args):
     sys.path.insert(0, os.path.join(ROOT, "00_data"))
     from synthetic_california import write_event_files
     from utrans_loc.locate import compare_with_truth
+    from utrans_loc.uncertainty import CALIBRATION_NAME
 
     start = time.time()
     example = write_event_files(data, np.load(os.path.join(work, "test_Events.npy")),
@@ -161,7 +162,7 @@ def _locate(work, data, model, args):
     sampled = args.number_of_sampling > 1
     uncertainty = (["--estimate_uncertainty", "--number_of_sampling", args.number_of_sampling,
                     "--seed", args.seed, "--calibration",
-                    os.path.join("demo_tester_outputs", "calibration.json")] if sampled else [])
+                    os.path.join("demo_tester_outputs", CALIBRATION_NAME)] if sampled else [])
     seconds, _ = _run("04 locate", "04_locate/locator.py", [
         "--input_waveforms", example["waveforms"], "--input_inventory", example["inventory"],
         "--input_picks", example["picks"], "--input_model", model,

@@ -573,17 +573,16 @@ def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
             "source_id", "source_origin_time", "event_lat", "event_long", "depth", "magnitude",
             "network_code", "receiver_code", "station_lat", "station_long", "p_arrival_sample",
             "source_distance_km")}} for t in trace_ids])
-    counts = traces.groupby("source_id")["receiver_code"].nunique()
-    chosen = counts[counts >= min_stations].sort_values(ascending=False, kind="stable")
-    chosen = list(chosen.index[:n_events])
-    if not chosen:
-        raise ValueError(f"{hdf5}: no event of the {len(trace_ids)} traces is recorded by "
-                         f"{min_stations} or more stations")
-    files.check_new_output_dir(out_dir, hint="choose another folder")
-    wave_dir = os.path.join(out_dir, "waveforms")
-    os.makedirs(wave_dir)
-    picks, stations, truth = [], {}, []
-    with h5py.File(hdf5, "r") as f:
+        counts = traces.groupby("source_id")["receiver_code"].nunique()
+        chosen = counts[counts >= min_stations].sort_values(ascending=False, kind="stable")
+        chosen = list(chosen.index[:n_events])
+        if not chosen:
+            raise ValueError(f"{hdf5}: no event of the {len(trace_ids)} traces is recorded by "
+                             f"{min_stations} or more stations")
+        files.check_new_output_dir(out_dir, hint="choose another folder")
+        wave_dir = os.path.join(out_dir, "waveforms")
+        os.makedirs(wave_dir)
+        picks, stations, truth = [], {}, []
         for source_id in chosen:
             rows = traces[traces["source_id"] == source_id]
             first = rows.iloc[0]
