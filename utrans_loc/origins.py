@@ -1,0 +1,471 @@
+"""Multi-station origins: single-station estimates as priors, arrival times as likelihood.
+
+The locator's ``--combine hybrid`` (:func:`hybrid_origin`): for an event with
+picks at two or more stations, the preferred origin maximises a posterior
+over (latitude, longitude, depth, origin time) in which
+
+* each located station's single-station estimate is a Gaussian prior in
+  north, east and depth with its 1-sigma errors (calibrated Monte-Carlo
+  spreads when the locator has them, else :data:`DEFAULT_SPREAD_KM`);
+* each P or S pick is a Gaussian likelihood of its arrival time,
+  ``t_obs - t0 - T(x)``, with variance ``pick_std^2 + (model_error * T)^2``:
+  the second term is NonLinLoc's travel-time error, without which the error
+  bars of a well-picked event shrink to the pick error while its true error
+  is set by the velocity model.
+
+The origin time enters linearly and is solved per location; the location is
+searched on a coarse grid over every estimate and station, then refined from
+the best grid points (local minima of arrival-time misfits are common with
+2-3 stations). Errors come from the curvature of the posterior at its
+maximum (Laplace approximation, all four parameters), so correlations such as
+depth with origin time are carried into each marginal.
+
+Horizontal positions are handled on a local east/north plane about the
+estimates' inverse-variance mean (equirectangular, WGS84 kilometres per
+degree there): for the distances a single station locates (< 300 km) its
+distance error is below 0.3 %, far under the velocity-model error.
+
+Travel times come from :class:`HalfSpace` (``--vp``/``--vs``, straight rays)
+or :class:`LayeredModel` (``--velocity_model``: 1-D layers whose first-arrival
+times are ObsPy TauP's, on a table interpolated bilinearly). Nothing here
+imports Keras.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+from scipy import interpolate, optimize
+
+from utrans_loc import metrics
+
+VP_KM_S, VS_KM_S = 6.0, 3.5
+PICK_STD_S = {"P": 0.1, "S": 0.2}
+MODEL_ERROR = 0.03
+# Prior spread of a single-station estimate without Monte-Carlo error bars:
+# wide enough that arrival times decide wherever they can (north, east, depth).
+DEFAULT_SPREAD_KM = (30.0, 30.0, 15.0)
+MAX_RMS_S = 1.0
+MAX_DEPTH_KM = 100.0
+# ak135 below the user's layers: its upper mantle from this depth on.
+_AK135_FROM_KM = 210.0
+_PHASES = {"P": ["p", "P", "Pn", "Pg"], "S": ["s", "S", "Sn", "Sg"]}
+
+
+class HalfSpace:
+    """Homogeneous half-space: straight rays at ``vp`` / ``vs`` km/s.
+
+    Distances are from the hypocentre to the station at its elevation.
+    """
+
+    def __init__(self, vp=VP_KM_S, vs=VS_KM_S):
+        check_velocities(vp, vs, "--vp/--vs")
+        self.velocity = {"P": float(vp), "S": float(vs)}
+        self.description = f"homogeneous half-space, vp {vp:g} km/s, vs {vs:g} km/s, straight rays"
+
+    def travel_time(self, phase, epicentral_km, depth_km, elevation_km=0.0):
+        """Travel time (s) of ``phase`` ('P' or 'S'); arrays broadcast."""
+        vertical = np.asarray(depth_km, float) + np.asarray(elevation_km, float)
+        return np.hypot(epicentral_km, vertical) / self.velocity[phase]
+
+
+class LayeredModel:
+    """1-D layered model; first-arrival times from ObsPy TauP on a table.
+
+    Parameters
+    ----------
+    layers : list of (depth_top_km, vp, vs)
+        Layer tops increasing from 0; each layer's velocities hold down to the
+        next top, the last down to 210 km, where ak135's mantle continues
+        (TauP needs a whole Earth; local rays never go that deep).
+    max_distance_km, max_depth_km : float
+        Extent of the travel-time table.
+    name : str
+        Named in the description (the file it came from).
+
+    Notes
+    -----
+    TauP's Earth is spherical and its station is at the surface (elevation
+    ignored). The table's nodes are 2 km apart in distance to 20 km, 5 km to
+    100 km and 10 km beyond; 2 km in depth to 40 km, 5 km below. Bilinear
+    interpolation between them differs from TauP by less than ~0.05 s, half
+    the default P pick error.
+    """
+
+    def __init__(self, layers, max_distance_km=300.0, max_depth_km=MAX_DEPTH_KM, name="layers"):
+        from obspy.geodetics import kilometers2degrees
+        from obspy.taup import TauPyModel
+        from obspy.taup.taup_time import TauPTime
+        from obspy.taup.taup_create import build_taup_model
+
+        self.layers = check_layers(layers, name)
+        self.description = (f"1-D layered model {name} ({len(self.layers)} layers: "
+                            + "; ".join(f"{z:g} km vp {p:g} vs {s:g}" for z, p, s in self.layers)
+                            + "), first arrivals by ObsPy TauP")
+        with tempfile.TemporaryDirectory() as tmp:
+            nd = os.path.join(tmp, "utrans_loc_model.nd")
+            with open(nd, "w") as fh:
+                fh.write(taup_nd_text(self.layers))
+            build_taup_model(nd, output_folder=tmp, verbose=False)
+            model = TauPyModel(os.path.join(tmp, "utrans_loc_model.npz"))
+        self.distances = _nodes([(20.0, 2.0), (100.0, 5.0)], max_distance_km, 10.0)
+        self.depths = _nodes([(40.0, 2.0)], max_depth_km, 5.0)
+        table = {p: np.full((len(self.distances), len(self.depths)), np.nan) for p in _PHASES}
+        for j, depth in enumerate(self.depths):
+            # One TauPTime per depth: its phases are built once (the costly part)
+            # and then timed at every distance.
+            timer = TauPTime(model.model, _PHASES["P"] + _PHASES["S"], float(depth), 0.0)
+            timer.run()
+            for i, distance in enumerate(self.distances):
+                timer.calc_time(kilometers2degrees(float(distance)))
+                for phase, names in _PHASES.items():
+                    times = [a.time for a in timer.arrivals if a.name in names]
+                    if times:
+                        table[phase][i, j] = min(times)
+        for phase, values in table.items():
+            if np.isnan(values).any():
+                raise ValueError(f"{name}: TauP finds no {phase} arrival for some distances/"
+                                 "depths of the table; check the layers")
+        self._interp = {p: interpolate.RegularGridInterpolator(
+            (self.distances, self.depths), v, bounds_error=False, fill_value=None)
+            for p, v in table.items()}
+
+    @classmethod
+    def from_file(cls, path, **kwargs):
+        """The model of a ``depth_top_km, vp, vs`` file (:func:`read_layers`)."""
+        return cls(read_layers(path), name=os.path.basename(path), **kwargs)
+
+    def travel_time(self, phase, epicentral_km, depth_km, elevation_km=0.0):
+        """Travel time (s) of ``phase``; depth clipped to the table, elevation ignored."""
+        d, z = np.broadcast_arrays(np.asarray(epicentral_km, float), np.asarray(depth_km, float))
+        z = np.clip(z, 0.0, self.depths[-1])
+        d = np.clip(d, 0.0, None)
+        return self._interp[phase](np.stack([d.ravel(), z.ravel()], axis=-1)).reshape(d.shape)
+
+
+def _nodes(steps, stop, last_step):
+    out, start = [], 0.0
+    for end, step in steps:
+        end = min(end, stop)
+        out.append(np.arange(start, end, step))
+        start = end
+    out.append(np.arange(start, stop + last_step / 2, last_step))
+    return np.unique(np.concatenate(out))
+
+
+def check_velocities(vp, vs, where):
+    if not (np.isfinite(vp) and np.isfinite(vs) and vp > 0 and vs > 0):
+        raise ValueError(f"{where}: velocities must be positive, got vp {vp}, vs {vs}")
+    if vs >= vp:
+        raise ValueError(f"{where}: vs must be below vp, got vp {vp}, vs {vs}")
+
+
+def read_layers(path):
+    """Layers of a velocity model file: one ``depth_top_km, vp, vs`` line per layer.
+
+    Commas or spaces separate the numbers; ``#`` starts a comment; a header
+    line of words is allowed first. Errors name the file and the line.
+    """
+    layers = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            text = line.split("#", 1)[0].replace(",", " ").split()
+            if not text:
+                continue
+            try:
+                values = [float(v) for v in text]
+            except ValueError:
+                if not layers and all(not _is_number(v) for v in text):
+                    continue   # a header
+                raise ValueError(f"{path}, line {number}: expected 'depth_top_km, vp, vs' "
+                                 f"numbers, got {line.strip()!r}") from None
+            if len(values) != 3:
+                raise ValueError(f"{path}, line {number}: expected 3 numbers (depth_top_km, "
+                                 f"vp, vs), got {len(values)}: {line.strip()!r}")
+            layers.append((tuple(values), number))
+    if not layers:
+        raise ValueError(f"{path}: no layers (expected 'depth_top_km, vp, vs' lines)")
+    for (values, number) in layers:
+        check_velocities(values[1], values[2], f"{path}, line {number}")
+    return check_layers([v for v, _ in layers], path, [n for _, n in layers])
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_layers(layers, name, lines=None):
+    """Layers as float tuples, checked: first top at 0, tops increasing, velocities sane."""
+    layers = [tuple(float(v) for v in layer) for layer in layers]
+    lines = lines or list(range(1, len(layers) + 1))
+    where = [f"{name}, line {n}" for n in lines]
+    if not layers or layers[0][0] != 0.0:
+        raise ValueError(f"{where[0] if layers else name}: the first layer must start at "
+                         "depth 0 km")
+    for k, (top, vp, vs) in enumerate(layers):
+        check_velocities(vp, vs, where[k])
+        if k and not top > layers[k - 1][0]:
+            raise ValueError(f"{where[k]}: layer tops must increase with depth, {top:g} km "
+                             f"after {layers[k - 1][0]:g} km")
+        if top >= _AK135_FROM_KM:
+            raise ValueError(f"{where[k]}: layer top {top:g} km; a crustal model ends above "
+                             f"{_AK135_FROM_KM:g} km")
+    return layers
+
+
+def taup_nd_text(layers):
+    """A TauP ``.nd`` model: the layers, then ak135 from 210 km down.
+
+    TauP names the top of the first layer with vp >= 7.6 km/s (else the
+    210 km boundary) the mantle, so Pn/Sn are the head waves along it.
+    """
+    import obspy
+
+    out, mantle = [], False
+    for k, (top, vp, vs) in enumerate(layers):
+        bottom = layers[k + 1][0] if k + 1 < len(layers) else _AK135_FROM_KM
+        if vp >= 7.6 and not mantle and k > 0:
+            out.append("mantle")
+            mantle = True
+        rho = 1.74 * vp ** 0.25   # Gardner's density; travel times do not use it
+        out += [f"{top:.4f} {vp:.4f} {vs:.4f} {rho:.4f}", f"{bottom:.4f} {vp:.4f} {vs:.4f} {rho:.4f}"]
+    if not mantle:
+        out.append("mantle")
+    ak135 = os.path.join(os.path.dirname(obspy.__file__), "taup", "data", "ak135f_no_mud.nd")
+    with open(ak135) as fh:
+        lines = fh.read().splitlines()
+    started = False
+    for line in lines:
+        parts = line.split()
+        if parts and _is_number(parts[0]):
+            started = started or float(parts[0]) >= _AK135_FROM_KM
+            if started:
+                out.append(" ".join(parts[:4]))
+        elif started and parts:
+            out.append(line.strip())
+    # ak135's first line at 210 km repeats the layer's bottom depth: a discontinuity.
+    return "\n".join(out) + "\n"
+
+
+def velocity_model(vp=VP_KM_S, vs=VS_KM_S, path=None):
+    """``path``'s layered model when given, else the half-space of ``vp``/``vs``."""
+    return LayeredModel.from_file(path) if path else HalfSpace(vp, vs)
+
+
+# --------------------------------------------------------------------------
+# the posterior
+# --------------------------------------------------------------------------
+class Plane:
+    """Local east/north kilometres about (lat0, lon0) (equirectangular, WGS84 scale)."""
+
+    def __init__(self, lat0, lon0):
+        self.lat0, self.lon0 = float(lat0), float(lon0)
+        self.km_lat, self.km_lon = km_per_degree(lat0, lon0)
+
+    def xy(self, lat, lon):
+        return ((np.asarray(lon, float) - self.lon0) * self.km_lon,
+                (np.asarray(lat, float) - self.lat0) * self.km_lat)
+
+    def latlon(self, x, y):
+        return self.lat0 + y / self.km_lat, self.lon0 + x / self.km_lon
+
+
+def km_per_degree(lat, lon):
+    """Kilometres per degree of latitude and of longitude at (lat, lon), WGS84."""
+    return (float(metrics.geodesic_km(lat - 0.5, lon, lat + 0.5, lon)[()]),
+            float(metrics.geodesic_km(lat, lon - 0.5, lat, lon + 0.5)[()]))
+
+
+class Posterior:
+    """Negative log posterior of (east, north, depth, origin time) of one event.
+
+    Parameters
+    ----------
+    estimates : dict of arrays
+        ``lat, lon, depth_km`` and their 1-sigma ``lat_std_km, lon_std_km,
+        depth_std_km`` per located station.
+    picks : dict of arrays
+        ``lat, lon, elevation_km, phase`` ('P'/'S'), ``time`` (s from a
+        reference), ``std`` (pick error, s) per pick.
+    model : HalfSpace or LayeredModel
+    model_error : float
+        Travel-time error as a fraction of the travel time.
+    """
+
+    def __init__(self, estimates, picks, model, model_error=MODEL_ERROR):
+        self.model, self.model_error = model, float(model_error)
+        w_lat = 1.0 / np.square(estimates["lat_std_km"])
+        w_lon = 1.0 / np.square(estimates["lon_std_km"])
+        self.plane = Plane(np.sum(w_lat * estimates["lat"]) / np.sum(w_lat),
+                           np.sum(w_lon * estimates["lon"]) / np.sum(w_lon))
+        ex, ey = self.plane.xy(estimates["lat"], estimates["lon"])
+        self.prior_mean = np.stack([ex, ey, np.asarray(estimates["depth_km"], float)], axis=1)
+        self.prior_std = np.stack([estimates["lon_std_km"], estimates["lat_std_km"],
+                                   estimates["depth_std_km"]], axis=1).astype(float)
+        self.sx, self.sy = self.plane.xy(picks["lat"], picks["lon"])
+        self.elevation = np.asarray(picks["elevation_km"], float)
+        self.phase = np.asarray(picks["phase"])
+        self.time = np.asarray(picks["time"], float)
+        self.pick_var = np.square(np.asarray(picks["std"], float))
+
+    def travel_times(self, x, y, z):
+        """(..., n_picks) travel times at locations of shape (...)."""
+        x, y, z = (np.asarray(v, float)[..., None] for v in (x, y, z))
+        distance = np.hypot(x - self.sx, y - self.sy)
+        out = np.empty(np.broadcast_shapes(distance.shape, z.shape))
+        for phase in ("P", "S"):
+            use = self.phase == phase
+            if use.any():
+                out[..., use] = self.model.travel_time(phase, distance[..., use],
+                                                       np.broadcast_to(z, distance.shape)[..., use],
+                                                       self.elevation[use])
+        return out
+
+    def _terms(self, x, y, z):
+        t = self.travel_times(x, y, z)
+        var = self.pick_var + np.square(self.model_error * t)
+        return t, var
+
+    def origin_time(self, x, y, z):
+        """Best origin time (s) at each location: the weighted mean of t_obs - T."""
+        t, var = self._terms(x, y, z)
+        return np.sum((self.time - t) / var, axis=-1) / np.sum(1.0 / var, axis=-1)
+
+    def nlp(self, x, y, z, t0=None):
+        """Negative log posterior (constants dropped); t0 None: solved per location."""
+        t, var = self._terms(x, y, z)
+        if t0 is None:
+            t0 = np.sum((self.time - t) / var, axis=-1) / np.sum(1.0 / var, axis=-1)
+        r = self.time - np.asarray(t0, float)[..., None] - t
+        arrivals = 0.5 * np.sum(r * r / var + np.log(var), axis=-1)
+        m = np.stack(np.broadcast_arrays(*(np.asarray(v, float) for v in (x, y, z))), axis=-1)
+        prior = 0.5 * np.sum(np.square((m[..., None, :] - self.prior_mean) / self.prior_std),
+                             axis=(-1, -2))
+        return arrivals + prior
+
+    def residuals(self, x, y, z, t0):
+        """Observed minus predicted arrival time (s) per pick."""
+        return self.time - t0 - self.travel_times(x, y, z)
+
+
+def maximise(post, max_depth_km=MAX_DEPTH_KM, grid=31, starts=3):
+    """(east, north, depth) of the posterior's maximum: coarse grid, then Nelder-Mead.
+
+    The grid spans every estimate and every station with 30 km to spare and
+    depths 0 to ``max_depth_km``; the ``starts`` best grid nodes that are not
+    neighbours seed the refinement.
+    """
+    points = np.concatenate([post.prior_mean[:, :2], np.stack([post.sx, post.sy], axis=1)])
+    lo, hi = points.min(axis=0) - 30.0, points.max(axis=0) + 30.0
+    xs, ys = np.linspace(lo[0], hi[0], grid), np.linspace(lo[1], hi[1], grid)
+    zs = np.linspace(0.0, max_depth_km, max(grid // 2, 6))
+    X, Y, Z = np.meshgrid(xs, ys, zs, indexing="ij")
+    values = post.nlp(X, Y, Z)
+    order = np.argsort(values, axis=None)
+    seeds, spacing = [], np.array([xs[1] - xs[0], ys[1] - ys[0], zs[1] - zs[0]])
+    for flat in order:
+        node = np.array([X.flat[flat], Y.flat[flat], Z.flat[flat]])
+        if all(np.any(np.abs(node - s) > 1.5 * spacing) for s in seeds):
+            seeds.append(node)
+        if len(seeds) == starts:
+            break
+    # The prior means are natural starts too: the posterior often peaks near them.
+    seeds.append(np.average(post.prior_mean, axis=0, weights=1.0 / post.prior_std ** 2))
+    best = None
+    bounds = [(None, None), (None, None), (0.0, max_depth_km)]
+    for seed in seeds:
+        seed = np.clip(seed, [-np.inf, -np.inf, 0.0], [np.inf, np.inf, max_depth_km])
+        result = optimize.minimize(lambda m: float(post.nlp(*m)), seed, method="Nelder-Mead",
+                                   bounds=bounds, options={"xatol": 1e-3, "fatol": 1e-6,
+                                                           "maxiter": 4000})
+        if best is None or result.fun < best.fun:
+            best = result
+    return best.x
+
+
+def laplace_covariance(post, m, t0, max_depth_km=MAX_DEPTH_KM):
+    """Covariance of (east km, north km, depth km, t0 s) from the Hessian at the maximum."""
+    steps = np.array([0.05, 0.05, 0.05, 0.005])
+    point = np.array([*m, t0], float)
+
+    def f(p):
+        return float(post.nlp(p[0], p[1], p[2], p[3]))
+
+    n = len(point)
+    hessian = np.empty((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            ei, ej = np.eye(n)[i] * steps[i], np.eye(n)[j] * steps[j]
+            hessian[i, j] = hessian[j, i] = (f(point + ei + ej) - f(point + ei - ej)
+                                             - f(point - ei + ej) + f(point - ei - ej)) \
+                / (4.0 * steps[i] * steps[j])
+    values, vectors = np.linalg.eigh(hessian)
+    # A flat direction (no curvature) keeps a wide but finite error.
+    values = np.maximum(values, 1e-6)
+    return (vectors / values) @ vectors.T
+
+
+def error_ellipse(cov_xy):
+    """1-sigma horizontal ellipse: (semi-major km, semi-minor km, azimuth of the major axis, deg)."""
+    values, vectors = np.linalg.eigh(cov_xy)
+    major = vectors[:, 1]            # (east, north)
+    azimuth = math.degrees(math.atan2(major[0], major[1])) % 180.0
+    return math.sqrt(max(values[1], 0.0)), math.sqrt(max(values[0], 0.0)), azimuth
+
+
+def azimuthal_gap(lat, lon, station_lat, station_lon):
+    """Largest azimuthal gap (deg) between stations seen from the epicentre."""
+    from geographiclib.geodesic import Geodesic
+
+    azimuths = sorted({round(Geodesic.WGS84.Inverse(lat, lon, a, b)["azi1"] % 360.0, 6)
+                       for a, b in zip(station_lat, station_lon)})
+    if len(azimuths) < 2:
+        return 360.0
+    gaps = np.diff(azimuths + [azimuths[0] + 360.0])
+    return float(np.max(gaps))
+
+
+def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM):
+    """The hybrid origin of one event (see the module docstring).
+
+    Parameters
+    ----------
+    estimates, picks : dict of arrays
+        As :class:`Posterior`; pick ``time`` in seconds from any reference.
+    model : HalfSpace or LayeredModel
+    model_error : float
+    max_depth_km : float
+
+    Returns
+    -------
+    dict
+        ``latitude, longitude`` (deg), ``depth_km``, ``time`` (s, same
+        reference as the picks) and their 1-sigma errors ``latitude_std,
+        longitude_std`` (deg), ``latitude_std_km, longitude_std_km,
+        depth_km_std, time_std``; the 1-sigma ellipse ``ellipse_major_km,
+        ellipse_minor_km, ellipse_azimuth_deg``; ``residuals`` (s, per pick),
+        ``rms_s``, ``azimuthal_gap_deg``.
+    """
+    post = Posterior(estimates, picks, model, model_error)
+    m = maximise(post, max_depth_km)
+    t0 = float(post.origin_time(*m))
+    cov = laplace_covariance(post, m, t0, max_depth_km)
+    lat, lon = post.plane.latlon(m[0], m[1])
+    residuals = post.residuals(m[0], m[1], m[2], t0)
+    major, minor, azimuth = error_ellipse(cov[:2, :2])
+    std = np.sqrt(np.diag(cov))
+    return {"latitude": float(lat), "longitude": float(lon), "depth_km": float(m[2]),
+            "time": t0, "latitude_std": std[1] / post.plane.km_lat,
+            "longitude_std": std[0] / post.plane.km_lon, "latitude_std_km": std[1],
+            "longitude_std_km": std[0], "depth_km_std": std[2], "time_std": std[3],
+            "ellipse_major_km": major, "ellipse_minor_km": minor,
+            "ellipse_azimuth_deg": azimuth, "residuals": residuals,
+            "rms_s": float(np.sqrt(np.mean(residuals ** 2))),
+            "azimuthal_gap_deg": azimuthal_gap(lat, lon, picks["lat"], picks["lon"])}
