@@ -7,14 +7,17 @@ Example::
         --input_model california_outputs/models/california_031.weights.h5 \\
         --output_name my_events --estimate_uncertainty --number_of_sampling 20
 
+Waveforms come from files (--input_waveforms, indexed by their headers) or an
+SDS archive (--input_sds); each pick reads only the span its window needs.
 Each P pick becomes one 60 s, 100 Hz E/N/Z window of its station (channel
 choice, merge, resampling and rotation with ObsPy), band-passed and
-normalised as the training data were, and one single-station location.
-Writes ``<output_name>_outputs/``: ``locations.csv`` (one row per located
-pick), ``skipped.csv`` (picks that could not be used, with the reason),
-``events.xml`` (QuakeML: one Event per event_id, one Origin per station, a
-combined preferred Origin for 2+ stations), ``figures/map.png`` and
-``report.txt``. An existing output folder is never touched.
+normalised as the training data were, and one single-station location; S
+picks are kept for their events. Writes ``<output_name>_outputs/``:
+``locations.csv`` (one row per located pick), ``skipped.csv`` (picks that
+could not be used, with the reason), ``events.xml`` (QuakeML: one Event per
+event_id, one Origin per station, a combined preferred Origin for 2+
+stations), ``figures/map.png`` and ``report.txt``. An existing output folder
+is never touched.
 """
 
 import os
@@ -31,6 +34,7 @@ from utrans_loc import locate, waveforms  # noqa: E402
 
 
 def locator(input_waveforms=None,
+            input_sds=None,
             input_inventory=None,
             input_picks=None,
             input_model=None,
@@ -50,19 +54,28 @@ def locator(input_waveforms=None,
 
     Parameters
     ----------
-    input_waveforms : str
+    input_waveforms : str or None
         A folder (its files) or a glob (``'data/**/*.mseed'``) of waveform
-        files ObsPy reads: miniSEED, SAC, ... Files it cannot read are
-        skipped with a warning.
+        files ObsPy reads: miniSEED, SAC, ... They are indexed once by their
+        headers; each pick reads only the span its window needs. Files ObsPy
+        cannot read are skipped with a warning. Give this or ``input_sds``.
+    input_sds : str or None
+        The root folder of an SDS archive
+        (``YEAR/NET/STA/CHAN.D/NET.STA.LOC.CHAN.D.YEAR.DOY``), read by time
+        span with ObsPy's SDS client. Give this or ``input_waveforms``.
     input_inventory : str
         StationXML (coordinates; channel azimuth and dip for the rotation),
         or a CSV ``network,station,latitude,longitude`` (optional
         ``elevation``; no orientations, so channels must be E/N/Z).
     input_picks : str
-        CSV ``network,station,p_time`` (ISO 8601 UTC), optional ``event_id``
-        (picks sharing one are combined into one event), ``location`` and
-        ``p_position_s`` (this pick's P position in the window); or an event
-        file ObsPy reads (QuakeML: its P picks, grouped by event).
+        CSV ``network,station,p_time`` (ISO 8601 UTC; the column may be
+        called ``time``), optional ``phase`` (P when absent; P, Pg, Pn, Pb,
+        S, Sg, Sn, Sb), ``event_id`` (picks sharing one are combined into one
+        event), ``location`` and ``p_position_s`` (this pick's P position in
+        the window); or an event file ObsPy reads (QuakeML: its picks by
+        phase hint, grouped by event). Only P picks make windows; S picks are
+        kept (result ``s_picks``, Picks in events.xml); picks of another or
+        no phase are listed in skipped.csv.
     input_model : str
         Location weights: trainer1's ``.weights.h5`` (head size and depth
         range from the ``model_config.json`` beside it) or an upstream Keras 2 ``.h5``.
@@ -107,7 +120,9 @@ def locator(input_waveforms=None,
     Returns
     -------
     dict
-        ``output_dir``, ``locations`` and ``skipped`` (DataFrames),
+        ``output_dir``, ``locations``, ``skipped`` and ``s_picks`` (the S
+        picks with their station's coordinates) (DataFrames), ``stations``
+        (the inventory read, :class:`utrans_loc.waveforms.Stations`),
         ``catalog`` (obspy Catalog), ``pred`` (model outputs), ``x`` (model
         inputs), ``settings``, ``timings``, ``time_s``.
     """
@@ -124,12 +139,17 @@ def build_parser():
 
     d = cli.defaults_of(locator)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.Formatter)
-    p.add_argument("--input_waveforms", required=True,
-                   help="folder or glob of waveform files ObsPy reads (miniSEED, SAC, ...)")
+    p.add_argument("--input_waveforms", default=d["input_waveforms"],
+                   help="folder or glob of waveform files ObsPy reads (miniSEED, SAC, ...); "
+                        "this or --input_sds")
+    p.add_argument("--input_sds", default=d["input_sds"],
+                   help="root folder of an SDS archive (YEAR/NET/STA/CHAN.D/...); "
+                        "this or --input_waveforms")
     p.add_argument("--input_inventory", required=True,
                    help="StationXML, or CSV network,station,latitude,longitude (channels E/N/Z)")
     p.add_argument("--input_picks", required=True,
-                   help="CSV network,station,p_time[,event_id,location,p_position_s] or QuakeML")
+                   help="CSV network,station,p_time[,phase,event_id,location,p_position_s] "
+                        "or QuakeML")
     cli.add_input_model(p)
     cli.add_output_name(p, d)
     p.add_argument("--p_position_s", type=float, default=d["p_position_s"],

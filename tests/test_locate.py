@@ -392,7 +392,7 @@ def test_quakeml_picks_read_like_csv(files, tmp_path):
     picks = waveforms.read_picks(tmp_path / "picks.xml")
     csv = waveforms.read_picks(files["picks"])
     assert list(picks["station"]) == list(csv["station"][:4])
-    assert all(a == b for a, b in zip(picks["p_time"], csv["p_time"][:4]))
+    assert all(a == b for a, b in zip(picks["time"], csv["time"][:4]))
     assert picks["event_id"].nunique() == 4
 
 
@@ -407,9 +407,9 @@ def test_nothing_located_is_exit_2_and_existing_folder_is_refused(files, tmp_pat
         assert lc.main(args) == 2
         out, err = capsys.readouterr()
         # the start-up line names the picks and the device, before any pick is skipped
-        assert out.splitlines()[0] == (f"locator: locating 2 pick(s) of {tmp_path / 'bad.csv'} "
+        assert out.splitlines()[0] == (f"locator: locating 2 P pick(s) of {tmp_path / 'bad.csv'} "
                                        f"with {need(CKPT)} on {devices.device_description()}")
-        assert "nothing could be located: all 2 pick(s) skipped" in err
+        assert "nothing could be located: all 2 P pick(s) skipped" in err
         assert err.count("locator: skipped TA.XXXX at ") == 2
         assert not (tmp_path / "none_outputs").exists()
         (tmp_path / "kept_outputs").mkdir()

@@ -34,7 +34,13 @@ def write_model_config(path, **config):
 def read_model_config(weights_path):
     """The ``model_config.json`` saved by trainer1 beside a checkpoint, or {}."""
     cfg = Path(weights_path).resolve().parent / MODEL_CONFIG_NAME
-    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+    if not cfg.is_file():
+        return {}
+    try:
+        return json.loads(cfg.read_text())
+    except ValueError as err:   # JSON or text decoding
+        raise ValueError(f"{cfg} (beside --input_model {weights_path}): not valid JSON "
+                         f"({err})") from None
 
 
 def infer_head_from_legacy_h5(path):
@@ -55,8 +61,18 @@ def infer_head_from_legacy_h5(path):
 
 
 def is_legacy_h5(path):
-    """True for a Keras 2 weights file (root or model_weights has 'layer_names')."""
-    with h5py.File(path, "r") as fh:
+    """True for a Keras 2 weights file (root or model_weights has 'layer_names').
+
+    A file that is not HDF5 raises :class:`~utrans_backbone.WeightsFileError`
+    naming the file and ``--input_model`` (h5py's own message names neither).
+    """
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as err:
+        raise ub.WeightsFileError(f"--input_model {path}: not a readable HDF5 weights file "
+                                  f"(.weights.h5 of trainer1 or a Keras 2 .h5; h5py: {err})"
+                                  ) from None
+    with fh:
         root = fh["model_weights"] if "model_weights" in fh else fh
         return "layer_names" in root.attrs
 
@@ -84,11 +100,7 @@ def load_location_weights(model, path):
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model weights file not found: {path}")
-    try:
-        legacy = is_legacy_h5(path)
-    except OSError as err:
-        raise ub.WeightsFileError(f"{path}: not a readable HDF5 weights file ({err})") from None
-    if legacy:
+    if is_legacy_h5(path):
         return ub.load_legacy_h5_weights(model, path)
     saved = sorted(_keras3_weight_shapes(path))
     wanted = sorted(tuple(w.shape) for w in model.weights)

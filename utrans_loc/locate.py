@@ -1,7 +1,10 @@
 """locator's run: P picks on waveform files to located events (CSV and QuakeML).
 
 ``04_locate/locator.py`` holds the signature, its documentation and the
-command line and hands one :class:`LocateConfig` to :func:`run`. Each pick
+command line and hands one :class:`LocateConfig` to :func:`run`. Waveforms
+are read by time span, from files indexed by their headers or from an SDS
+archive (:func:`utrans_loc.waveforms.open_waveforms`); picks of one station
+close in time share one read. Each P pick
 becomes a model window (:mod:`utrans_loc.waveforms`), band-passed as the
 training data were (:func:`utrans_loc.traces.bandpass_taper`) and normalised
 as tester1 does (``U.normalize``), so a STEAD trace written to files gets
@@ -13,18 +16,22 @@ the std (:mod:`utrans_loc.uncertainty`). The picks of one event are combined int
 a preferred origin (:func:`combine_estimates`) and written as QuakeML with
 ObsPy (:func:`build_catalog`).
 
-A pick that cannot be used is listed in ``skipped.csv`` with the reason; the
-run fails (ValueError, exit status 2) only when no pick can be located.
+S picks make no window: they are kept, with their station's coordinates, in
+the result's ``s_picks`` (for an origin from arrival times) and written as
+Picks of their Event. A pick that cannot be used (unknown phase, station not
+in the inventory, no data, ...) is listed in ``skipped.csv`` with the reason;
+the run fails (ValueError, exit status 2) only when no pick can be located.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
+import re
 import sys
 import time
-import urllib.parse
 
 import numpy as np
 import pandas as pd
@@ -41,7 +48,9 @@ DEFAULT_P_POSITION_S = 7.0
 P_VELOCITY_KM_S = 6.0          # crustal P velocity for the approximate origin time
 LOCATIONS_NAME, SKIPPED_NAME, EVENTS_NAME = "locations.csv", "skipped.csv", "events.xml"
 MAP_NAME = "map.png"
-SKIPPED_COLUMNS = ("network", "station", "p_time", "event_id", "reason")
+SKIPPED_COLUMNS = ("network", "station", "phase", "time", "event_id", "reason")
+S_PICK_COLUMNS = ("network", "station", "location", "time", "event_id", "phase",
+                  "station_lat", "station_lon", "station_elevation_m")
 RESOURCE_PREFIX = "smi:local/utrans_loc"
 
 
@@ -49,7 +58,8 @@ RESOURCE_PREFIX = "smi:local/utrans_loc"
 class LocateConfig:
     """Every locator parameter (documented in ``locator``), in its order."""
 
-    input_waveforms: str
+    input_waveforms: str | None
+    input_sds: str | None
     input_inventory: str
     input_picks: str
     input_model: str
@@ -87,19 +97,24 @@ def run(cfg, model=None):
     settings = model_settings(cfg)
     calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
     picks = waveforms.read_picks(cfg.input_picks)
+    p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
     if cfg.verbose:
-        print(prediction.start_line("locator", f"locating {len(picks)} pick(s) of "
+        kept = f" (and {len(s_picks)} S pick(s) kept)" if len(s_picks) else ""
+        print(prediction.start_line("locator", f"locating {len(p_picks)} P pick(s){kept} of "
                                                f"{cfg.input_picks} with {cfg.input_model}"))
     stations = waveforms.read_stations(cfg.input_inventory)
-    traces = waveforms.read_waveforms(cfg.input_waveforms,
-                                      set(zip(picks["network"], picks["station"])))
+    source = waveforms.open_waveforms(cfg.input_waveforms, cfg.input_sds)
     timings = {"read_s": time.time() - start}
-    located, windows, skipped = prepare_windows(picks, traces, stations, settings, cfg)
+    located, windows, skipped = prepare_windows(p_picks, source, stations, settings, cfg)
+    s_table, s_skipped = station_picks(s_picks, stations)
+    skipped = sorted(skipped + s_skipped + [skip_row(pick, pick.reason) for pick in
+                                            picks[picks["phase"].isna()].itertuples()],
+                     key=lambda row: row["index"])
+    for row in skipped:
+        print(f"locator: skipped {row['reason']}", file=sys.stderr)
     timings["windows_s"] = time.time() - start - timings["read_s"]
     if not windows:
-        first = skipped[0]["reason"] if skipped else "no picks"
-        raise ValueError(f"nothing could be located: all {len(picks)} pick(s) skipped; first: "
-                         f"{first}")
+        raise ValueError(nothing_located(cfg.input_picks, picks, skipped))
     x = model_input(windows, settings)
     loaded = None
     if model is None:
@@ -110,22 +125,78 @@ def run(cfg, model=None):
                                       cfg.n_samples, seed=cfg.seed, progress=cfg.verbose > 0,
                                       timings=timings, label="locator")
     table = locations_table(located, pred, settings, calibration)
-    catalog, combined = build_catalog(table, cfg, settings)
+    catalog, combined = build_catalog(table, cfg, settings, s_table)
     os.makedirs(output_dir)
     write_outputs(output_dir, table, skipped, catalog, combined, cfg)
     elapsed = time.time() - start
     files.write_report(os.path.join(output_dir, "report.txt"), "locator",
-                       report_items(cfg, settings, loaded, table, skipped, timings, elapsed))
+                       report_items(cfg, settings, loaded, table, skipped, timings, elapsed,
+                                    len(s_table)))
     if cfg.verbose:
         print(f"locator: {len(table)} pick(s) located, {len(skipped)} skipped, "
               f"{len(catalog)} event(s) -> {output_dir}")
-    return {"output_dir": output_dir, "locations": table, "skipped": pd.DataFrame(
-        skipped, columns=SKIPPED_COLUMNS), "catalog": catalog, "pred": pred, "x": x,
-        "settings": settings, "timings": timings, "time_s": elapsed}
+    return {"output_dir": output_dir, "locations": table,
+            "skipped": skipped_table(skipped), "s_picks": s_table, "stations": stations,
+            "catalog": catalog, "pred": pred, "x": x, "settings": settings,
+            "timings": timings, "time_s": elapsed}
+
+
+def nothing_located(path, picks, skipped):
+    """The error of a run where no P pick gave a window: how many of each, the first reason."""
+    n_p = int((picks["phase"] == "P").sum())
+    first = next((row["reason"] for row in skipped if row["phase"] == "P"), None)
+    if n_p:
+        return f"nothing could be located: all {n_p} P pick(s) skipped; first: {first}"
+    n_s = int((picks["phase"] == "S").sum())
+    first = f"; first not usable: {skipped[0]['reason']}" if skipped else ""
+    return (f"nothing could be located: no usable P pick in {path} ({n_s} S pick(s), "
+            f"{len(picks) - n_s} without a usable phase{first})")
+
+
+def skip_row(pick, reason):
+    """One row of skipped.csv for a pick (a row of :func:`waveforms.read_picks`'
+    table); ``index`` keeps the file order."""
+    return {"index": pick.Index, "network": pick.network, "station": pick.station,
+            "phase": pick.phase if isinstance(pick.phase, str) else "",
+            "time": str(pick.time), "event_id": pick.event_id,
+            "reason": reason}
+
+
+def skipped_table(skipped):
+    """skipped.csv's table, in the picks' file order."""
+    return pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+
+
+def station_picks(picks, stations):
+    """S picks with their station's coordinates; those the inventory lacks are skipped.
+
+    Returns
+    -------
+    (pandas.DataFrame, list of dict)
+        :data:`S_PICK_COLUMNS` per usable pick, and the ``skipped`` rows.
+    """
+    rows, skipped = [], []
+    for pick in picks.itertuples():
+        try:
+            lat, lon, elevation = stations.coordinates(pick.network, pick.station, pick.time)
+        except waveforms.PickError as err:
+            skipped.append(skip_row(pick, str(err)))
+            continue
+        rows.append({"network": pick.network, "station": pick.station,
+                     "location": pick.location, "time": pick.time, "event_id": pick.event_id,
+                     "phase": pick.phase, "station_lat": lat, "station_lon": lon,
+                     "station_elevation_m": elevation})
+    table = pd.DataFrame(rows, columns=S_PICK_COLUMNS)
+    table["location"] = pd.Series(list(table["location"]), index=table.index, dtype=object)
+    return table, skipped
 
 
 def check_parameters(cfg):
     """Reject impossible settings before any file is read."""
+    if (cfg.input_waveforms is None) == (cfg.input_sds is None):
+        waveforms.open_waveforms(cfg.input_waveforms, cfg.input_sds)   # says which to give
+    if cfg.input_sds is not None:
+        waveforms.check_sds_root(cfg.input_sds)
     prediction.check_sampling_options(cfg)
     if not cfg.max_gap_s >= 0:
         raise ValueError(f"max_gap_s must be >= 0, got {cfg.max_gap_s}")
@@ -153,43 +224,76 @@ def model_settings(cfg):
     return settings
 
 
-def prepare_windows(picks, traces, stations, settings, cfg):
-    """Windows of the picks that can be used; the others with their reason.
+def prepare_windows(picks, source, stations, settings, cfg):
+    """Windows of the P picks that can be used; the others with their reason.
+
+    Picks of one station whose windows are close in time share one read of
+    ``source`` (:func:`waveforms.read_spans`), each read only the span its
+    windows need plus :data:`waveforms.READ_MARGIN_S`; the data of one read
+    are dropped before the next, so memory follows the windows, not the
+    archive.
+
+    Parameters
+    ----------
+    picks : pandas.DataFrame
+        P picks (rows of :func:`waveforms.read_picks`, its index kept).
+    source : waveforms.WaveformFiles or waveforms.SDSArchive
 
     Returns
     -------
     (pandas.DataFrame, list of Window, list of dict)
-        The usable picks (with station coordinates and what was done to their
-        data), their windows in the same order, and one ``skipped`` row per
-        pick that cannot be used (also printed, one line each, to stderr).
+        The usable picks in file order (with station coordinates and what was
+        done to their data), their windows in the same order, and one
+        ``skipped`` row (:func:`skip_row`) per pick that cannot be used.
     """
     npts = int(settings["input_dimention"][0])
     length_s = npts / waveforms.SAMPLING_RATE
-    rows, windows, skipped = [], [], []
-    for pick in picks.itertuples(index=False):
+    spans, skipped, made = {}, [], {}
+    for pick in picks.itertuples():
         position = settings["p_position_s"] if not np.isfinite(pick.p_position_s) \
             else float(pick.p_position_s)
         try:
             if not 0 <= position < length_s:
                 raise waveforms.PickError(
-                    f"{waveforms.pick_label(pick.network, pick.station, pick.p_time)}: "
+                    f"{waveforms.pick_label(pick.network, pick.station, pick.time)}: "
                     f"p_position_s {position} outside [0, {length_s:g}) s")
-            lat, lon, elevation = stations.coordinates(pick.network, pick.station, pick.p_time)
-            window = waveforms.cut_window(
-                traces.get((pick.network, pick.station), []), pick.network, pick.station,
-                pick.p_time, position, stations, npts=npts,
-                channel_priority=tuple(cfg.channel_priority), max_gap_s=cfg.max_gap_s,
-                location=pick.location)
+            coordinates = stations.coordinates(pick.network, pick.station, pick.time)
         except waveforms.PickError as err:
-            skipped.append({"network": pick.network, "station": pick.station,
-                            "p_time": str(pick.p_time), "event_id": pick.event_id,
-                            "reason": str(err)})
-            print(f"locator: skipped {err}", file=sys.stderr)
+            skipped.append(skip_row(pick, str(err)))
             continue
+        first = pick.time - position
+        spans.setdefault((pick.network, pick.station), []).append(
+            (first, first + (npts - 1) / waveforms.SAMPLING_RATE, (pick, position, coordinates)))
+    margin = waveforms.READ_MARGIN_S
+    for (network, station), station_spans in spans.items():
+        for first, last, group in waveforms.read_spans(station_spans):
+            try:
+                traces, error = source.read(network, station, first - margin, last + margin), ""
+            except waveforms.WaveformReadError as err:
+                traces, error = [], str(err)
+            for pick, position, coordinates in group:
+                label = waveforms.pick_label(network, station, pick.time)
+                window_start = pick.time - position
+                try:
+                    if error or not traces:
+                        raise waveforms.PickError(f"{label}: " + (error or source.no_data(
+                            network, station, window_start,
+                            window_start + (npts - 1) / waveforms.SAMPLING_RATE)))
+                    window = waveforms.cut_window(
+                        traces, network, station, pick.time, position, stations, npts=npts,
+                        channel_priority=tuple(cfg.channel_priority), max_gap_s=cfg.max_gap_s,
+                        location=pick.location)
+                except waveforms.PickError as err:
+                    skipped.append(skip_row(pick, str(err)))
+                    continue
+                made[pick.Index] = (pick, position, coordinates, window)
+    rows, windows = [], []
+    for index in sorted(made):
+        pick, position, (lat, lon, elevation), window = made[index]
         windows.append(window)
         rates = sorted(set(window.sampling_rate_in))
         rows.append({"network": pick.network, "station": pick.station,
-                     "location": window.location, "p_time": pick.p_time,
+                     "location": window.location, "p_time": pick.time,
                      "event_id": pick.event_id, "station_lat": lat, "station_lon": lon,
                      "station_elevation_m": elevation, "channels": ",".join(window.channels),
                      "sample_rate_in_hz": "/".join(f"{r:g}" for r in rates),
@@ -298,10 +402,22 @@ def km_per_degree(lat, lon):
             float(metrics.geodesic_km(lat, lon - 0.5, lat, lon + 0.5)[()]))
 
 
-def build_catalog(table, cfg, settings):
+def resource_key(text):
+    """``text`` as a part of a QuakeML resource id: itself where every character is
+    allowed there, else with the others replaced by ``_`` and a short hash of the
+    text added (two ids never meet)."""
+    text = str(text)
+    safe = re.sub(r"[^A-Za-z0-9_.*()~'-]", "_", text)
+    if safe != text or not safe:
+        safe += "_" + hashlib.sha256(text.encode("utf8")).hexdigest()[:8]
+    return safe
+
+
+def build_catalog(table, cfg, settings, s_picks=None):
     """QuakeML of the located picks: one Event per event_id.
 
-    Each Event holds its P picks, one Origin per station estimate (with
+    Each Event holds its P picks (and the S picks of ``s_picks`` with its
+    event_id, phase hint S), one Origin per station estimate (with
     lat/lon uncertainty in degrees and depth uncertainty in metres, QuakeML's
     units, when sampled) and, for 2+ stations, a preferred Origin combining
     them (:func:`combine_estimates`); with one station that station's Origin
@@ -321,8 +437,9 @@ def build_catalog(table, cfg, settings):
     time_note = (f"origin time approximate: P time minus hypocentral distance / "
                  f"{P_VELOCITY_KM_S:g} km/s")
     events, combined = [], []
+    s_by_event = {} if s_picks is None else dict(tuple(s_picks.groupby("event_id", sort=False)))
     for event_id, rows in table.groupby("event_id", sort=False):
-        key = urllib.parse.quote(str(event_id), safe="")
+        key = resource_key(event_id)
         event = Event(resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/event/{key}"),
                       event_type="earthquake", creation_info=info.copy(),
                       comments=[Comment(text=f"input event_id: {event_id}")])
@@ -348,6 +465,12 @@ def build_catalog(table, cfg, settings):
                            row.pred_depth_km_std, row.pred_event_lat_std_km,
                            row.pred_event_lon_std_km)
             event.origins.append(origin)
+        for j, row in enumerate(s_by_event.get(event_id, pd.DataFrame()).itertuples()):
+            event.picks.append(Pick(
+                resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/pick/{key}/s{j}"),
+                time=row.time, phase_hint="S", waveform_id=WaveformStreamID(
+                    network_code=row.network, station_code=row.station,
+                    location_code=row.location)))
         if len(rows) > 1:
             best = combine_estimates(rows, sampled)
             _, times = origin_time(rows["p_time"], rows["station_lat"], rows["station_lon"],
@@ -397,11 +520,12 @@ def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
     out = table.copy()
     for col in ("p_time", "window_start", "origin_time_approx"):
         out[col] = [str(t) for t in out[col]]
+    # No float_format: pandas writes each float64 as its shortest repr, which reads back
+    # bit for bit and keeps coordinates as given (47.737167, not 47.737166999999999).
     files.atomic_write(os.path.join(output_dir, LOCATIONS_NAME),
-                       lambda fh: out.to_csv(fh, index=False, float_format="%.17g"))
+                       lambda fh: out.to_csv(fh, index=False))
     files.atomic_write(os.path.join(output_dir, SKIPPED_NAME),
-                       lambda fh: pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).to_csv(
-                           fh, index=False))
+                       lambda fh: skipped_table(skipped).to_csv(fh, index=False))
     files.atomic_save(os.path.join(output_dir, EVENTS_NAME),
                       lambda tmp: catalog.write(tmp, format="QUAKEML"))
     if cfg.figures:
@@ -411,18 +535,19 @@ def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
         figures.location_map(table, combined, os.path.join(output_dir, "figures", MAP_NAME))
 
 
-def report_items(cfg, settings, loaded, table, skipped, timings, elapsed):
+def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_picks=0):
     """report.txt: inputs, model settings, counts, timings."""
     predict = timings.get("predict_s", 0.0)
     return [
-        ("input_waveforms", cfg.input_waveforms), ("input_inventory", cfg.input_inventory),
+        ("input_waveforms", cfg.input_waveforms), ("input_sds", cfg.input_sds),
+        ("input_inventory", cfg.input_inventory),
         ("input_picks", cfg.input_picks), ("input_model", cfg.input_model),
         ("input_model_sha256", loaded["sha256"] if loaded else "(model given in-process)"),
         ("output_name", cfg.output_name), ("channel_priority", ",".join(cfg.channel_priority)),
         ("max_gap_s", cfg.max_gap_s), ("estimate_uncertainty", cfg.estimate_uncertainty),
         ("number_of_sampling", cfg.n_samples), ("calibration", cfg.calibration),
         ("seed", cfg.seed), ("batch_size", cfg.batch_size), *settings.items(),
-        ("n_located", len(table)), ("n_skipped", len(skipped)),
+        ("n_located", len(table)), ("n_s_picks_kept", n_s_picks), ("n_skipped", len(skipped)),
         ("n_resampled", int((table["resampled"] == "y").sum())),
         ("n_rotated", int((table["rotation_applied"] == "y").sum())),
         ("time_taken_s", round(elapsed, 1)),

@@ -1,9 +1,10 @@
 """Waveform files to model windows: picks, stations, ObsPy streams, the 60 s cut.
 
-Reads what a user has, with ObsPy: waveform files (miniSEED, SAC, ... :
-:func:`read_waveforms`), station metadata (StationXML, or a CSV of
-coordinates: :func:`read_stations`) and P picks (CSV, or an event file such
-as QuakeML: :func:`read_picks`). :func:`cut_window` turns one pick into the
+Reads what a user has, with ObsPy: waveforms by time span, from files
+(miniSEED, SAC, ... indexed by their headers: :class:`WaveformFiles`) or an
+SDS archive (:class:`SDSArchive`), station metadata (StationXML, or a CSV of
+coordinates: :func:`read_stations`) and P and S picks (CSV, or an event file
+such as QuakeML: :func:`read_picks`). :func:`cut_window` turns one pick into the
 (6000, 3) E N Z window at 100 Hz the model reads, with the P arrival
 ``p_position_s`` seconds into it: channel choice, merge, resampling,
 rotation. A pick that cannot be used raises :class:`PickError`, one line
@@ -46,6 +47,12 @@ LANCZOS_A = 20                 # ObsPy: a >= 20 is good up to the Nyquist freque
 ANTIALIAS_HZ = 45.0
 ANTIALIAS_CORNERS = 8
 RESAMPLE_MARGIN_S = 5.0        # data kept on each side of the window for the resampler's edges
+# Data read beyond each end of a window: the resampler's margin and a second to spare
+# (pieces are cut at whole records and samples).
+READ_MARGIN_S = RESAMPLE_MARGIN_S + 1.0
+# Picks of one station whose windows are this close share one read, up to this long a span.
+SHARED_READ_GAP_S = 60.0
+SHARED_READ_MAX_S = 3600.0
 NOMINAL_ORIENTATION = {"E": (90.0, 0.0), "N": (0.0, 0.0), "Z": (None, -90.0)}
 ORIENTATION_TOLERANCE_DEG = 1e-6
 PICK_COLUMNS = ("network", "station", "p_time")
@@ -64,72 +71,122 @@ def pick_label(network, station, p_time):
 # --------------------------------------------------------------------------
 # Picks
 # --------------------------------------------------------------------------
-def read_picks(path):
-    """P picks from a CSV or an event file ObsPy reads (QuakeML, ...).
+# Phase hints read as P or S (QuakeML phase_hint, the picks CSV's phase column);
+# any other hint is listed in skipped.csv, never guessed.
+PHASE_HINTS = {"P": "P", "Pg": "P", "Pn": "P", "Pb": "P",
+               "S": "S", "Sg": "S", "Sn": "S", "Sb": "S"}
+PICKS_TABLE_COLUMNS = ("network", "station", "location", "time", "phase", "event_id",
+                       "p_position_s", "reason")
 
-    CSV: columns ``network, station, p_time`` (ISO 8601, UTC unless the time
-    says otherwise), optional ``event_id``, ``location`` (only that location
-    code is used; empty: any) and ``p_position_s`` (this pick's position in
-    the window, overriding the run's). Event file: every pick whose phase
-    hint starts with P, one per event and station, ``event_id`` the event's
-    resource id.
+
+def phase_of(hint):
+    """(phase, reason): ``'P'`` or ``'S'`` and ``''``, or None and why the hint is not used."""
+    hint = "" if hint is None else str(hint).strip()
+    if hint in PHASE_HINTS:
+        return PHASE_HINTS[hint], ""
+    accepted = ", ".join(PHASE_HINTS)
+    return None, (f"phase hint {hint!r} is neither P nor S (accepted: {accepted})" if hint else
+                  f"no phase hint (accepted: {accepted})")
+
+
+def read_picks(path):
+    """Picks from a CSV or an event file ObsPy reads (QuakeML, ...), with their phase.
+
+    CSV: columns ``network, station, p_time`` (or ``time``; ISO 8601, UTC
+    unless the time says otherwise), optional ``phase`` (:data:`PHASE_HINTS`;
+    ``P`` when the column or the cell is empty), ``event_id``, ``location``
+    (only that location code is used; empty: any) and ``p_position_s`` (a P
+    pick's position in the window, overriding the run's). Event file: every
+    pick, its phase from its phase hint (else from an Arrival that refers to
+    it), one P and one S pick per event and station (later ones are listed as
+    not used), ``event_id`` a readable form of the event's resource id
+    (:func:`readable_ids`).
 
     Returns
     -------
     pandas.DataFrame
-        ``network, station, location (str or None), p_time (UTCDateTime),
-        event_id (str), p_position_s (float, NaN: the run's)``, one row per
-        pick, in file order. Picks without an event id get their own
-        (``NET.STA_<time>``).
+        ``network, station, location (str or None), time (UTCDateTime),
+        phase ('P', 'S' or None), event_id (str), p_position_s (float, NaN:
+        the run's), reason`` (why the pick cannot be used, '' when it can),
+        one row per pick, in file order. Picks without an event id get their
+        own (``NET.STA_<time>``).
     """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"picks file not found: {path}")
-    picks = _picks_from_csv(path) if _looks_like_csv(path, "p_time") else _picks_from_events(path)
+    if _looks_like_csv(path, "p_time", "time"):
+        picks = _picks_from_csv(path)
+    else:
+        picks = _picks_from_events(path)
     if not len(picks):
-        raise ValueError(f"{path}: no P picks")
+        raise ValueError(f"{path}: no picks")
+    # object columns keep None: pandas' str dtype would turn a missing code into NaN
+    # (a float, and truthy) where some rows have one.
+    for column in ("location", "phase"):
+        picks[column] = pd.Series([v if isinstance(v, str) else None for v in picks[column]],
+                                  index=picks.index, dtype=object)
     own = picks["event_id"] == ""
     picks.loc[own, "event_id"] = [f"{n}.{s}_{t.strftime('%Y%m%dT%H%M%S.%fZ')}" for n, s, t in
                                   zip(picks.loc[own, "network"], picks.loc[own, "station"],
-                                      picks.loc[own, "p_time"])]
+                                      picks.loc[own, "time"])]
     return picks.reset_index(drop=True)
 
 
-def _looks_like_csv(path, column):
-    """True when the first line of ``path`` is a CSV header naming ``column``."""
+def _looks_like_csv(path, *columns):
+    """True when the first line of ``path`` is a CSV header naming one of ``columns``."""
     with open(path, "rb") as fh:
         head = fh.readline(4096).decode("utf8", "replace")
-    return column in [c.strip().strip('"') for c in head.split(",")]
+    return bool(set(columns) & {c.strip().strip('"') for c in head.split(",")})
 
 
 def _picks_from_csv(path):
     from obspy import UTCDateTime
 
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in PICK_COLUMNS if c not in table.columns]
+    time_column = "p_time" if "p_time" in table.columns else "time"
+    missing = [c for c in ("network", "station", time_column) if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: picks CSV lacks column(s) {', '.join(missing)} (needs "
-                         f"{', '.join(PICK_COLUMNS)}; optional event_id, location, p_position_s)")
+                         f"{', '.join(PICK_COLUMNS)}; optional phase, event_id, location, "
+                         "p_position_s)")
     times, positions = [], []
     for row, (text, position) in enumerate(zip(
-            table["p_time"], table.get("p_position_s", [""] * len(table))), start=2):
+            table[time_column], table.get("p_position_s", [""] * len(table))), start=2):
         try:
             times.append(UTCDateTime(text.strip()))
         except (TypeError, ValueError):
-            raise ValueError(f"{path}, line {row}: p_time {text!r} is not an ISO 8601 time "
-                             "(e.g. 2020-01-31T12:00:05.25Z)") from None
+            raise ValueError(f"{path}, line {row}: {time_column} {text!r} is not an ISO 8601 "
+                             "time (e.g. 2020-01-31T12:00:05.25Z)") from None
         try:
             positions.append(float(position) if position.strip() else math.nan)
         except ValueError:
             raise ValueError(f"{path}, line {row}: p_position_s {position!r} is not a "
                              "number") from None
+    hints = table["phase"].str.strip() if "phase" in table else [""] * len(table)
+    phases = [phase_of(hint) if hint else ("P", "") for hint in hints]
     location = table["location"].str.strip() if "location" in table else [""] * len(table)
     return pd.DataFrame({
         "network": table["network"].str.strip(), "station": table["station"].str.strip(),
         "location": [loc if loc else None for loc in location],
-        "p_time": times,
+        "time": times, "phase": [phase for phase, _ in phases],
         "event_id": table["event_id"].str.strip() if "event_id" in table else "",
-        "p_position_s": positions})
+        "p_position_s": positions, "reason": [reason for _, reason in phases]},
+        columns=PICKS_TABLE_COLUMNS)
+
+
+def readable_ids(resource_ids):
+    """Short, readable event ids: the last path part of each resource id.
+
+    ``smi:local/4f1c...`` -> ``4f1c...``, ``quakeml:us.anss.org/event/us7000abcd``
+    -> ``us7000abcd``. Where two ids would get the same short form, both keep
+    their full text.
+    """
+    full = [str(r) for r in resource_ids]
+    short = [f.rstrip("/").rsplit("/", 1)[-1] or f for f in full]
+    owners = {}
+    for f, s in zip(full, short):
+        owners.setdefault(s, set()).add(f)
+    return [s if len(owners[s]) == 1 else f for f, s in zip(full, short)]
 
 
 def _picks_from_events(path):
@@ -141,19 +198,31 @@ def _picks_from_events(path):
         raise ValueError(f"{path}: neither a picks CSV (columns {', '.join(PICK_COLUMNS)}) nor an "
                          f"event file ObsPy reads ({type(err).__name__}: {err})") from None
     rows = []
-    for event in catalog:
+    for event, event_id in zip(catalog, readable_ids(e.resource_id for e in catalog)):
+        # A pick without a hint may still be named by an Arrival of an Origin.
+        arrival_phase = {str(a.pick_id): a.phase for origin in event.origins
+                         for a in origin.arrivals if a.pick_id is not None and a.phase}
         seen = set()
         for pick in event.picks:
             wid = pick.waveform_id
-            key = (wid.network_code, wid.station_code)
-            if not (pick.phase_hint or "").upper().startswith("P") or key in seen:
-                continue
-            seen.add(key)
-            rows.append({"network": wid.network_code or "", "station": wid.station_code or "",
-                         "location": wid.location_code or None, "p_time": pick.time,
-                         "event_id": str(event.resource_id), "p_position_s": math.nan})
-    return pd.DataFrame(rows, columns=["network", "station", "location", "p_time", "event_id",
-                                       "p_position_s"])
+            network = (wid.network_code or "") if wid is not None else ""
+            station = (wid.station_code or "") if wid is not None else ""
+            hint = pick.phase_hint or arrival_phase.get(str(pick.resource_id))
+            phase, reason = phase_of(hint)
+            if not station:
+                phase, reason = None, "no station code (waveform_id)"
+            elif pick.time is None:
+                phase, reason = None, "no pick time"
+            elif phase is not None and (network, station, phase) in seen:
+                phase, reason = None, (f"another {phase} pick of {network}.{station} comes first "
+                                       "in this event (one per phase and station is used)")
+            if phase is not None:
+                seen.add((network, station, phase))
+            rows.append({"network": network, "station": station,
+                         "location": (wid.location_code or None) if wid is not None else None,
+                         "time": pick.time, "phase": phase, "event_id": event_id,
+                         "p_position_s": math.nan, "reason": reason})
+    return pd.DataFrame(rows, columns=PICKS_TABLE_COLUMNS)
 
 
 # --------------------------------------------------------------------------
@@ -249,35 +318,141 @@ def waveform_files(spec):
     return names
 
 
-def read_waveforms(spec, stations=None):
-    """Traces of every file ObsPy reads in ``spec`` (folder or glob), by station.
+class WaveformReadError(ValueError):
+    """Data that could not be read for a span (the message names the file or archive)."""
 
-    ``stations``: the (network, station) pairs to keep (None: all). Files
-    ObsPy cannot read (a README, the StationXML in the same folder) are
-    skipped, one warning naming how many and the first.
+
+class WaveformFiles:
+    """Waveform files (folder or glob) indexed by their headers, read by time span.
+
+    The index holds, per (network, station), each trace's file, start and end
+    (ObsPy reads the headers without the samples); :meth:`read` then reads
+    only the files that overlap a span, and only that span of them (for
+    miniSEED ObsPy finds the records by bisection). Files ObsPy cannot read
+    (a README, the StationXML in the same folder) are skipped, one warning
+    naming how many and the first.
+    """
+
+    def __init__(self, spec):
+        from obspy import read
+
+        self.spec = str(spec)
+        self.where = f"the waveform files {self.spec}"
+        self.index, unreadable = {}, []
+        for name in waveform_files(self.spec):
+            try:
+                stream = read(name, headonly=True)
+            except Exception as err:   # ObsPy raises many types for a file it cannot parse
+                unreadable.append(f"{name} ({type(err).__name__})")
+                continue
+            for tr in stream:
+                self.index.setdefault((tr.stats.network, tr.stats.station), []).append(
+                    (name, tr.stats.starttime, tr.stats.endtime))
+        if unreadable:
+            print(f"warning: skipped {len(unreadable)} file(s) ObsPy cannot read as waveforms, "
+                  f"first: {unreadable[0]}", file=sys.stderr)
+
+    def read(self, network, station, start, end):
+        """The station's traces within ``start`` - ``end`` (every channel and location)."""
+        from obspy import read
+
+        entries = self.index.get((network, station), [])
+        names = dict.fromkeys(name for name, first, last in entries
+                              if first <= end and last >= start)
+        traces = []
+        for name in names:
+            try:
+                stream = read(name, starttime=start, endtime=end)
+            except Exception as err:   # ObsPy raises many types for a file it cannot parse
+                raise WaveformReadError(f"cannot read {start} - {end} of {name} "
+                                        f"({type(err).__name__}: {err})") from None
+            traces += [tr for tr in stream if tr.stats.npts and
+                       (tr.stats.network, tr.stats.station) == (network, station)]
+        return traces
+
+    def no_data(self, network, station, window_start, window_end):
+        """Why a window found no data: no files of the station, or the nearest data."""
+        entries = self.index.get((network, station), [])
+        if not entries:
+            return f"no waveforms for this station in {self.where}"
+        before = [last for _, first, last in entries if first <= window_start]
+        after = [first for _, first, last in entries if last >= window_end]
+        near = "; ".join(n for n in (f"data end at {max(before)}" if before else "",
+                                     f"data start at {min(after)}" if after else "") if n)
+        return (f"window {window_start} - {window_end} is outside the data of {network}."
+                f"{station} in {self.where} ({near or 'no data around it'})")
+
+
+class SDSArchive:
+    """An SDS archive (``YEAR/NET/STA/CHAN.D/NET.STA.LOC.CHAN.D.YEAR.DOY``) read by time span
+    through ObsPy's :class:`obspy.clients.filesystem.sds.Client`."""
+
+    def __init__(self, root):
+        from obspy.clients.filesystem.sds import Client
+
+        self.root = check_sds_root(root)
+        self.where = f"the SDS archive {self.root}"
+        self.client = Client(self.root)
+
+    def read(self, network, station, start, end):
+        """The station's traces within ``start`` - ``end`` (every channel and location);
+        pieces are not merged here (:func:`cut_window` merges as for files)."""
+        try:
+            stream = self.client.get_waveforms(network, station, "*", "*", start, end,
+                                               merge=None)
+        except Exception as err:   # ObsPy raises many types for a file it cannot parse
+            raise WaveformReadError(f"cannot read {network}.{station} {start} - {end} from "
+                                    f"{self.where} ({type(err).__name__}: {err})") from None
+        return [tr for tr in stream if tr.stats.npts]
+
+    def no_data(self, network, station, window_start, window_end):
+        """Why a window found no data: no files of the station, or none for that time."""
+        if not self.client.has_data(network, station, "*", "*"):
+            return f"no waveforms for this station in {self.where}"
+        return (f"window {window_start} - {window_end} is outside the data of {network}."
+                f"{station} in {self.where} (no data around it)")
+
+
+def check_sds_root(root):
+    """``root`` (str) when it is a folder; else a one-line error naming it."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"--input_sds {root}: not a folder (the root of an SDS archive, "
+                         "YEAR/NET/STA/CHAN.D/NET.STA.LOC.CHAN.D.YEAR.DOY)")
+    return root
+
+
+def open_waveforms(input_waveforms=None, input_sds=None):
+    """The waveform source of the run: files (:class:`WaveformFiles`) or an SDS archive
+    (:class:`SDSArchive`); exactly one of the two must be given."""
+    if (input_waveforms is None) == (input_sds is None):
+        raise ValueError("give exactly one of --input_waveforms (a folder or glob of waveform "
+                         "files) and --input_sds (the root of an SDS archive)"
+                         + ("" if input_waveforms is None else f"; got both: {input_waveforms} "
+                            f"and {input_sds}"))
+    return WaveformFiles(input_waveforms) if input_sds is None else SDSArchive(input_sds)
+
+
+def read_spans(spans, max_gap_s=SHARED_READ_GAP_S, max_length_s=SHARED_READ_MAX_S):
+    """Group time spans so that spans close in time share one read.
+
+    ``spans``: (start, end, item) tuples of one station. Sorted by start,
+    a span joins the group before it when it starts at most ``max_gap_s``
+    after the group's end and the group stays within ``max_length_s``.
 
     Returns
     -------
-    dict
-        (network, station) -> list of obspy Trace.
+    list of (start, end, list of item)
     """
-    from obspy import read
-
-    by_station, unreadable = {}, []
-    for name in waveform_files(spec):
-        try:
-            stream = read(name)
-        except Exception as err:   # ObsPy raises many types for a file it cannot parse
-            unreadable.append(f"{name} ({type(err).__name__})")
-            continue
-        for tr in stream:
-            key = (tr.stats.network, tr.stats.station)
-            if stations is None or key in stations:
-                by_station.setdefault(key, []).append(tr)
-    if unreadable:
-        print(f"warning: skipped {len(unreadable)} file(s) ObsPy cannot read as waveforms, first: "
-              f"{unreadable[0]}", file=sys.stderr)
-    return by_station
+    groups = []
+    for start, end, item in sorted(spans, key=lambda s: s[0]):
+        if groups and start - groups[-1][1] <= max_gap_s and \
+                max(end, groups[-1][1]) - groups[-1][0] <= max_length_s:
+            first, last, items = groups[-1]
+            groups[-1] = (first, max(last, end), items + [item])
+        else:
+            groups.append((start, end, [item]))
+    return groups
 
 
 @dataclasses.dataclass
@@ -311,7 +486,8 @@ def cut_window(traces, network, station, p_time, p_position_s, stations, npts=NP
     Parameters
     ----------
     traces : list of obspy Trace
-        The station's traces (:func:`read_waveforms`).
+        The station's traces around the window (``read`` of
+        :class:`WaveformFiles` or :class:`SDSArchive`).
     network, station : str
     p_time : obspy.UTCDateTime
     p_position_s : float
@@ -374,8 +550,9 @@ def _components(traces, label, code):
             return wanted
     if len(present) == 3:
         return tuple(present)
-    raise PickError(f"{label}: {code} has {len(present)} component(s) ({', '.join(present)}), "
-                    "3 are needed (E/N/Z, 1/2/Z or three oriented in the inventory)")
+    raise PickError(f"{label}: {code} has {len(present)} component(s) ({', '.join(present)}) "
+                    "in the data around the window, 3 are needed (E/N/Z, 1/2/Z or three "
+                    "oriented in the inventory)")
 
 
 def _window_from(traces, label, loc, window_start, npts, stations, max_gap_s):
@@ -437,6 +614,11 @@ def _merged(parts, label, window_start, window_end, max_gap_s):
                             f"inside the window (longer than {max_gap_s:g} s)")
     if len(stream) > 1:
         stream = stream.copy()          # merge makes new arrays; never touch the caller's traces
+        if len({tr.data.dtype for tr in stream}) > 1:
+            # ObsPy joins only pieces of one sample type (e.g. a day file of int32 counts
+            # beside a float64 one); float64 holds int32 and float32 samples exactly.
+            for tr in stream:
+                tr.data = tr.data.astype(np.float64)
         try:
             stream.merge(method=1, fill_value="interpolate")
         except Exception as err:   # ObsPy raises a bare Exception for pieces it cannot join
@@ -445,7 +627,20 @@ def _merged(parts, label, window_start, window_end, max_gap_s):
 
 
 def _outside(label, seed_id, window_start, window_end, traces):
-    """The error of a window the data do not cover, with the nearest data named."""
+    """The error of a window the data do not cover, with the nearest data named.
+
+    A piece of data lying within the window (both its ends inside, so neither
+    was cut by a windowed read) means the window is longer than the data
+    there: said with both spans.
+    """
+    length = window_end - window_start
+    inside = sorted((tr.stats.starttime, tr.stats.endtime) for tr in traces
+                    if tr.stats.starttime >= window_start and tr.stats.endtime <= window_end)
+    if inside:
+        spans = "; ".join(f"{first} - {last}, {last - first:.2f} s" for first, last in inside[:3])
+        more = ", ..." if len(inside) > 3 else ""
+        return PickError(f"{label}: window {window_start} - {window_end} ({length:.2f} s) is "
+                         f"longer than the data of {seed_id} there ({spans}{more})")
     before = [tr.stats.endtime for tr in traces if tr.stats.starttime <= window_start]
     after = [tr.stats.starttime for tr in traces if tr.stats.endtime >= window_end]
     near = [f"data end at {max(before)}" if before else "",
@@ -659,6 +854,45 @@ def write_enz_mseed(path, data, network, station, band, start):
         "sampling_rate": SAMPLING_RATE, "starttime": start})
         for i, comp in enumerate("ENZ")]
     files.atomic_save(path, lambda tmp: Stream(traces).write(tmp, format="MSEED"))
+
+
+def write_sds(traces, root, **write_options):
+    """Write traces as an SDS archive under ``root`` (a new folder), one miniSEED file
+    per channel and day (ObsPy's ``Client.FMTSTR`` layout, type D).
+
+    Traces crossing midnight are split there at the sample (no sample written
+    twice); the pieces of one channel and day go to one file.
+    ``write_options`` go to ObsPy's miniSEED writer (e.g. ``encoding``,
+    ``reclen``). Returns the paths written.
+    """
+    from obspy import Stream, UTCDateTime
+    from obspy.clients.filesystem.sds import Client
+
+    from utrans_loc import files
+
+    files.check_new_output_dir(str(root), hint="choose another folder")
+    pieces = {}
+    for tr in traces:
+        start, rate, n = tr.stats.starttime, tr.stats.sampling_rate, tr.stats.npts
+        first = 0
+        while first < n:
+            t = start + first / rate
+            midnight = UTCDateTime(t.year, t.month, t.day) + 86400
+            last = min(n, int(math.ceil(round((midnight - start) * rate, 6))))
+            piece = tr.__class__(tr.data[first:last], header={
+                key: tr.stats[key] for key in ("network", "station", "location", "channel",
+                                               "sampling_rate", "mseed") if key in tr.stats})
+            piece.stats.starttime = t
+            name = Client.FMTSTR.format(
+                network=tr.stats.network, station=tr.stats.station, location=tr.stats.location,
+                channel=tr.stats.channel, sds_type="D", year=t.year, doy=t.julday)
+            pieces.setdefault(os.path.join(str(root), name), []).append(piece)
+            first = last
+    for path, parts in pieces.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.atomic_save(path, lambda tmp, parts=parts: Stream(parts).write(
+            tmp, format="MSEED", **write_options))
+    return sorted(pieces)
 
 
 def write_enz_inventory(stations, path, source):
