@@ -119,7 +119,8 @@ def _config(wave, inventory, picks, name, **changes):
     args = cli.defaults_of(lc.locator)
     args.update(input_waveforms=wave, input_inventory=inventory, input_picks=picks,
                 input_model=need(CKPT), output_name=name, batch_size=50, verbose=0,
-                bandpass=True, **changes)
+                bandpass=True)
+    args.update(changes)
     return locate.LocateConfig(**args)
 
 
@@ -426,3 +427,138 @@ def test_help_lists_every_option_with_its_default():
                    "--max_gap_s", "--calibration", "--number_of_sampling", "--seed"):
         assert option in text
     assert "(default: HH,BH,EH,HN)" in " ".join(text.split())
+
+
+# --------------------------------------------------------------------------
+# Waveform sources, phases, QuakeML (issue 22)
+# --------------------------------------------------------------------------
+def test_waveform_options_exactly_one_and_sds_must_be_a_folder(tmp_path, capsys):
+    common = ["--input_inventory", "stations.xml", "--input_picks", "picks.csv",
+              "--input_model", "model.h5", "--output_name", "x", "--verbose", "0"]
+    (tmp_path / "not_a_folder").write_text("")
+    with working_dir(tmp_path):
+        for extra, message in (
+                ([], "give exactly one of --input_waveforms (a folder or glob of waveform files) "
+                     "and --input_sds (the root of an SDS archive)"),
+                (["--input_waveforms", "w", "--input_sds", "s"], "got both: w and s"),
+                (["--input_sds", "not_a_folder"], "--input_sds not_a_folder: not a folder")):
+            assert lc.main(extra + common) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and message in err[0] and err[0].startswith("locator: error: ")
+        assert not (tmp_path / "x_outputs").exists()
+
+
+def test_model_that_is_not_hdf5_is_named_with_its_option(tmp_path, capsys):
+    for name, text in (("stations.csv", "network,station,latitude,longitude\nXX,A,1,2\n"),
+                       ("picks.csv", "network,station,p_time\nXX,A,2020-01-01T00:00:00Z\n"),
+                       ("model.weights.h5", "this is not HDF5\n")):
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError) as err:
+        checkpoints.model_settings(str(tmp_path / "model.weights.h5"))
+    assert str(err.value).startswith(f"--input_model {tmp_path / 'model.weights.h5'}: not a "
+                                     "readable HDF5 weights file")
+    with working_dir(tmp_path):
+        assert lc.main(["--input_waveforms", ".", "--input_inventory", "stations.csv",
+                        "--input_picks", "picks.csv", "--input_model", "model.weights.h5",
+                        "--output_name", "x", "--verbose", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("locator: error: --input_model model.weights.h5: not a readable HDF5")
+
+
+def test_resource_ids_are_valid_quakeml_uris(tmp_path):
+    """Every event_id gives a valid QuakeML URI (ObsPy warns otherwise); two never meet."""
+    import warnings
+
+    from obspy.core.event import ResourceIdentifier
+    from obspy.io.quakeml.core import _validate
+
+    keys = [locate.resource_key(k) for k in ("ev1", "smi:local/3f2a", "a b", "a_b", "Ω", "")]
+    assert keys[0] == "ev1" and len(set(keys)) == len(keys)
+    prefix = locate.RESOURCE_PREFIX
+    event = Event(resource_id=ResourceIdentifier(f"{prefix}/event/{keys[1]}"),
+                  picks=[Pick(resource_id=ResourceIdentifier(f"{prefix}/pick/{k}/0"), time=T0,
+                              waveform_id=WaveformStreamID("XX", "STA")) for k in keys])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Catalog(events=[event]).write(str(tmp_path / "events.xml"), format="QUAKEML")
+    assert _validate(str(tmp_path / "events.xml"))
+
+
+@pytest.mark.slow
+def test_quakeml_pick_file_from_obspy_gives_valid_events_and_keeps_s_picks(files, model, tmp_path,
+                                                                           capsys):
+    """An ObsPy-written pick file (ids smi:local/<uuid>; P, Pg, S, PKP hints): events.xml
+    passes ObsPy's QuakeML 1.2 validator, event_id is the uuid, S picks are kept (result
+    and events.xml), the others listed in skipped.csv; the progress bar says locator;
+    coordinates are written as given and predictions read back bit for bit."""
+    import warnings
+
+    from obspy.io.quakeml.core import _validate
+
+    table = files["picks_table"].iloc[:3]
+    events = []
+    for row in table.itertuples():
+        # P 7 s into the 60 s trace: the window is the whole file
+        p = UTCDateTime(row.p_time) - float(row.p_position_s) + 7.0
+        events.append(Event(picks=[
+            Pick(time=p, phase_hint="P", waveform_id=WaveformStreamID("TA", "109C")),
+            Pick(time=p, phase_hint="Pg", waveform_id=WaveformStreamID("TA", ROTATED)),
+            Pick(time=p + 4.0, phase_hint="S", waveform_id=WaveformStreamID("TA", "109C")),
+            Pick(time=p + 4.0, phase_hint="S", waveform_id=WaveformStreamID("TA", "XXXX")),
+            Pick(time=p + 1.0, phase_hint="PKP", waveform_id=WaveformStreamID("TA", "109C"))]))
+    Catalog(events=events).write(str(tmp_path / "picks.xml"), format="QUAKEML")
+    cfg = _config(files["all_waveforms"], files["all_inventory"], str(tmp_path / "picks.xml"),
+                  "qml", verbose=1, figures=False)
+    with working_dir(tmp_path), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = locate.run(cfg, model=model)
+    assert not [w for w in caught if "QuakeML" in str(w.message)]
+    err = capsys.readouterr().err
+    assert "locator: 100%" in err and "tester1" not in err
+    out = tmp_path / "qml_outputs"
+    assert _validate(str(out / "events.xml"))
+    uuids = [str(e.resource_id).split("/")[-1] for e in events]
+    assert str(events[0].resource_id) == f"smi:local/{uuids[0]}"
+    table = res["locations"]
+    assert list(table["event_id"]) == [u for u in uuids for _ in range(2)]
+    assert list(table["station"]) == ["109C", ROTATED] * 3
+    s_picks = res["s_picks"]
+    assert list(s_picks["event_id"]) == uuids and (s_picks["phase"] == "S").all()
+    assert list(s_picks.columns) == list(locate.S_PICK_COLUMNS)
+    assert (s_picks["time"] == [e.picks[2].time for e in events]).all()
+    lat = res["stations"].coordinates("TA", "109C", events[0].picks[0].time)[0]
+    assert (s_picks["station_lat"] == lat).all()
+    skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
+    assert list(skipped.columns) == list(locate.SKIPPED_COLUMNS)
+    assert list(skipped["station"]) == ["XXXX", "109C"] * 3
+    assert list(skipped["phase"]) == ["S", ""] * 3
+    assert skipped["reason"][0].endswith("station not in the inventory " + files["all_inventory"])
+    assert skipped["reason"][1].startswith("phase hint 'PKP' is neither P nor S")
+    catalog = read_events(str(out / "events.xml"))
+    for event, uuid in zip(catalog, uuids):
+        assert event.comments[0].text == f"input event_id: {uuid}"
+        assert [p.phase_hint for p in event.picks] == ["P", "P", "S"]
+        assert event.picks[2].waveform_id.station_code == "109C"
+    # coordinates as given (no %.17g noise), every float read back bit for bit
+    text = (out / "locations.csv").read_text()
+    assert f",{lat!r}," in text and "9999999" not in text.split("\n")[1].split(",")[5]
+    back = pd.read_csv(out / "locations.csv", dtype={"event_id": str})
+    for column in ("station_lat", "station_lon", *PRED, "hypocentral_distance_km"):
+        np.testing.assert_array_equal(back[column].to_numpy(), table[column].to_numpy())
+
+
+@pytest.mark.slow
+def test_sds_archive_gives_the_files_locations_bit_for_bit(files, located, model, tmp_path):
+    """The 50 STEAD traces of 109C written as an SDS archive (day files): --input_sds gives
+    the same model inputs and predictions as the miniSEED files."""
+    stream = read(os.path.join(files["waveforms"], "*.mseed"))
+    waveforms.write_sds(stream, tmp_path / "sds")
+    cfg = _config(None, files["inventory"], files["picks"], "sds", input_sds=str(tmp_path / "sds"),
+                  figures=False)
+    with working_dir(tmp_path):
+        res = locate.run(cfg, model=model)
+    rows = located["rows"]["109C"]
+    assert len(res["locations"]) == 50 and len(res["skipped"]) == 0
+    np.testing.assert_array_equal(res["x"], located["x"][rows])
+    np.testing.assert_array_equal(res["pred"], located["pred"][rows])
