@@ -116,6 +116,7 @@ def run(cfg, model=None):
     if not windows:
         raise ValueError(nothing_located(cfg.input_picks, picks, skipped))
     x = model_input(windows, settings)
+    del windows          # the raw windows are in x now; the prediction needs only x
     loaded = None
     if model is None:
         build_start = time.time()
