@@ -318,6 +318,11 @@ def waveform_files(spec):
     return names
 
 
+def _one_line(err):
+    """A reader's message on one line (some span several)."""
+    return " ".join(str(err).split())
+
+
 class WaveformReadError(ValueError):
     """Data that could not be read for a span (the message names the file or archive)."""
 
@@ -365,7 +370,7 @@ class WaveformFiles:
                 stream = read(name, starttime=start, endtime=end)
             except Exception as err:   # ObsPy raises many types for a file it cannot parse
                 raise WaveformReadError(f"cannot read {start} - {end} of {name} "
-                                        f"({type(err).__name__}: {err})") from None
+                                        f"({type(err).__name__}: {_one_line(err)})") from None
             traces += [tr for tr in stream if tr.stats.npts and
                        (tr.stats.network, tr.stats.station) == (network, station)]
         return traces
@@ -402,7 +407,8 @@ class SDSArchive:
                                                merge=None)
         except Exception as err:   # ObsPy raises many types for a file it cannot parse
             raise WaveformReadError(f"cannot read {network}.{station} {start} - {end} from "
-                                    f"{self.where} ({type(err).__name__}: {err})") from None
+                                    f"{self.where} ({type(err).__name__}: {_one_line(err)})"
+                                    ) from None
         return [tr for tr in stream if tr.stats.npts]
 
     def no_data(self, network, station, window_start, window_end):
