@@ -194,10 +194,7 @@ def station_picks(picks, stations):
 
 def check_parameters(cfg):
     """Reject impossible settings before any file is read."""
-    if (cfg.input_waveforms is None) == (cfg.input_sds is None):
-        waveforms.open_waveforms(cfg.input_waveforms, cfg.input_sds)   # says which to give
-    if cfg.input_sds is not None:
-        waveforms.check_sds_root(cfg.input_sds)
+    waveforms.check_waveform_options(cfg.input_waveforms, cfg.input_sds)
     prediction.check_sampling_options(cfg)
     if not cfg.max_gap_s >= 0:
         raise ValueError(f"max_gap_s must be >= 0, got {cfg.max_gap_s}")

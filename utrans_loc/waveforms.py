@@ -428,14 +428,21 @@ def check_sds_root(root):
     return root
 
 
-def open_waveforms(input_waveforms=None, input_sds=None):
-    """The waveform source of the run: files (:class:`WaveformFiles`) or an SDS archive
-    (:class:`SDSArchive`); exactly one of the two must be given."""
+def check_waveform_options(input_waveforms=None, input_sds=None):
+    """Exactly one of the two given, and ``input_sds`` a folder; else a one-line error."""
     if (input_waveforms is None) == (input_sds is None):
         raise ValueError("give exactly one of --input_waveforms (a folder or glob of waveform "
                          "files) and --input_sds (the root of an SDS archive)"
                          + ("" if input_waveforms is None else f"; got both: {input_waveforms} "
                             f"and {input_sds}"))
+    if input_sds is not None:
+        check_sds_root(input_sds)
+
+
+def open_waveforms(input_waveforms=None, input_sds=None):
+    """The waveform source of the run: files (:class:`WaveformFiles`) or an SDS archive
+    (:class:`SDSArchive`); exactly one of the two must be given."""
+    check_waveform_options(input_waveforms, input_sds)
     return WaveformFiles(input_waveforms) if input_sds is None else SDSArchive(input_sds)
 
 
