@@ -153,7 +153,7 @@ def _locate(work, data, model, args):
 
     sys.path.insert(0, os.path.join(ROOT, "00_data"))
     from synthetic_california import write_event_files
-    from utrans_loc.locate import compare_with_truth
+    from utrans_loc.locate import EVENTS_CSV_NAME, compare_with_truth
     from utrans_loc.uncertainty import CALIBRATION_NAME
 
     start = time.time()
@@ -168,8 +168,8 @@ def _locate(work, data, model, args):
         "--input_picks", example["picks"], "--input_model", model,
         "--output_name", "demo_locator", *uncertainty], work)
     table = compare_with_truth(
-        pd.read_csv(os.path.join(work, "demo_locator_outputs", "locations.csv")),
-        pd.read_csv(example["truth"]), sampled)
+        pd.read_csv(os.path.join(work, "demo_locator_outputs", EVENTS_CSV_NAME)),
+        pd.read_csv(example["truth"]))
     return time.time() - start, table
 
 

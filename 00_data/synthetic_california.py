@@ -613,3 +613,94 @@ def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
     files.atomic_write(paths["picks"], lambda fh: pd.DataFrame(picks).to_csv(fh, index=False))
     files.atomic_write(paths["truth"], lambda fh: pd.DataFrame(truth).to_csv(fh, index=False))
     return paths
+
+
+def make_network_events(output_hdf5, output_dir, n_events=200, n_stations=6, seed=0,
+                        event_seed=1, min_stations=2, max_stations=4, overwrite=False):
+    """Events recorded by 2-4 stations of a synthetic set's own network, truth known.
+
+    Rebuilds the stations and source zones of ``make_synthetic_california``
+    with the same ``n_stations`` and ``seed`` (so a model trained on that set
+    meets its own seismicity) and draws ``n_events`` new events from the
+    zones with ``event_seed``; each is recorded by every station within the
+    generator's epicentral range (at most ``max_stations`` of them, chosen at
+    random), and kept when at least ``min_stations`` record it.
+
+    Writes ``output_hdf5`` (traces, the generator's layout),
+    ``network_Events.npy`` (their ids) and ``network_arrivals.csv`` in
+    ``output_dir``: one row per trace with ``trace_name, event_id,
+    network, station, station_lat, station_lon, event_lat, event_lon,
+    depth_km, origin_time, p_time, s_time`` (absolute, UTC: the origin time
+    plus the straight-ray P time at ``VP_KM_S``; S as placed in the trace).
+
+    Returns
+    -------
+    dict
+        ``hdf5``, ``ids``, ``arrivals`` (paths), ``n_events``, ``n_traces``.
+    """
+    if not 1 <= min_stations <= max_stations:
+        raise ValueError(f"need 1 <= min_stations <= max_stations, got {min_stations}, "
+                         f"{max_stations}")
+    paths = {"hdf5": Path(output_hdf5), "ids": Path(output_dir) / "network_Events.npy",
+             "arrivals": Path(output_dir) / "network_arrivals.csv"}
+    for p in paths.values():
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"output file already exists: {p} (pass another path or "
+                                  "overwrite=True)")
+    rng = np.random.default_rng(seed)      # the set's network, as _build_catalog draws it
+    stations = _make_stations(rng, n_stations)
+    zones = [_make_zones(rng, s[1], s[2]) for s in stations]
+    rng = np.random.default_rng([seed, event_seed])
+    t, rows, data = datetime(2020, 1, 1), [], {}
+    while len({r["event_id"] for r in rows}) < n_events:
+        k = int(rng.integers(len(stations)))
+        lat, lon, depth = _sample_event(rng, stations[k], *zones[k])
+        near = [j for j, st in enumerate(stations)
+                if EPI_RANGE_KM[0] <= _distance_baz(st[1], st[2], lat, lon)[0] <= EPI_RANGE_KM[1]]
+        if len(near) < min_stations:
+            continue
+        if len(near) > max_stations:
+            near = sorted(rng.choice(near, size=max_stations, replace=False).tolist())
+        mag = _gr_magnitude(rng)
+        t += timedelta(seconds=int(rng.integers(120, 86400)))
+        event_id = f"NW{len({r['event_id'] for r in rows}):06d}"
+        from obspy import UTCDateTime
+
+        origin = UTCDateTime(t)
+        for j in near:
+            code, s_lat, s_lon = stations[j]
+            trace, attrs = synthesize_trace(rng, s_lat, s_lon, lat, lon, depth, mag,
+                                            rng.uniform(5.0, 40.0))
+            hyp_km = math.hypot(attrs["source_distance_km"], max(depth, 0.0))
+            p_time = origin + hyp_km / VP_KM_S
+            s_time = p_time + (attrs["s_arrival_sample"] - attrs["p_arrival_sample"]) / FS
+            name = f"{code}.SY_{t:%Y%m%d%H%M%S}_NW"
+            data[name] = (trace, {"station_lat": float(s_lat), "station_long": float(s_lon),
+                                  "receiver_code": code, "network_code": "SY",
+                                  "AI_Set": "synthetic", "data_category": "earthquake", **attrs,
+                                  "event_lat": float(lat), "event_long": float(lon),
+                                  "depth": float(depth), "magnitude": round(float(mag), 2),
+                                  "magnitude_type": "ml", "event_label": 1,
+                                  "source_id": event_id,
+                                  "source_origin_time": f"{t:%Y-%m-%d %H:%M:%S}"})
+            rows.append({"trace_name": name, "event_id": event_id, "network": "SY",
+                         "station": code, "station_lat": s_lat, "station_lon": s_lon,
+                         "event_lat": lat, "event_lon": lon, "depth_km": depth,
+                         "origin_time": str(origin), "p_time": str(p_time),
+                         "s_time": str(s_time)})
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    tmp = paths["hdf5"].with_name(f".{paths['hdf5'].name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, (trace, attrs) in data.items():
+                group = f.create_group(name)
+                group.create_dataset("data", data=trace)
+                group.attrs.update(attrs)
+        os.replace(tmp, paths["hdf5"])
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    np.save(paths["ids"], np.array(list(data), dtype=str))
+    pd.DataFrame(rows).to_csv(paths["arrivals"], index=False)
+    return {**{k: str(v) for k, v in paths.items()}, "n_events": n_events,
+            "n_traces": len(rows)}

@@ -30,7 +30,7 @@ from utrans_loc import cli  # noqa: E402  (no backend import: it sets the enviro
 if __name__ == "__main__":
     cli.prepare_environment()
 
-from utrans_loc import locate, waveforms  # noqa: E402
+from utrans_loc import locate, origins, waveforms  # noqa: E402
 
 
 def locator(input_waveforms=None,
@@ -48,6 +48,13 @@ def locator(input_waveforms=None,
             calibration=None,
             seed=None,
             batch_size=40,
+            combine="hybrid",
+            vp=origins.VP_KM_S,
+            vs=origins.VS_KM_S,
+            velocity_model=None,
+            pick_std_s=(origins.PICK_STD_S["P"], origins.PICK_STD_S["S"]),
+            model_error=origins.MODEL_ERROR,
+            max_rms_s=origins.MAX_RMS_S,
             figures=True,
             verbose=1):
     """Locate P picks on waveform files and write ``<output_name>_outputs/``.
@@ -100,8 +107,10 @@ def locator(input_waveforms=None,
     estimate_uncertainty : bool
         Monte-Carlo dropout (as tester1): the prediction is the mean of
         ``number_of_sampling`` passes, the CSV gets the std columns and the
-        QuakeML origins their uncertainties; events with 2+ stations are
-        combined by inverse-variance weighting (else the plain mean).
+        QuakeML origins their uncertainties; the multi-station origin
+        weights each station by them (else by ``DEFAULT_SPREAD_KM`` of
+        :mod:`utrans_loc.origins` for ``hybrid``; for ``weighted``, the
+        plain mean).
     number_of_sampling : int
         Passes per pick with ``estimate_uncertainty``.
     calibration : str or None
@@ -112,6 +121,32 @@ def locator(input_waveforms=None,
         Seed of the Monte-Carlo sampling.
     batch_size : int
         Windows per prediction batch.
+    combine : {'hybrid', 'weighted'}
+        The preferred origin of an event with picks at 2+ stations.
+        'hybrid': the maximum of a posterior over latitude, longitude, depth
+        and origin time in which each station's estimate is a Gaussian prior
+        (its 1-sigma errors) and each P and S pick a Gaussian likelihood of
+        its arrival time (pick error plus ``model_error`` x travel time),
+        travel times from ``vp``/``vs`` or ``velocity_model``; one Arrival
+        per pick with its residual, the error ellipse, origin time error,
+        RMS residual and azimuthal gap (:mod:`utrans_loc.origins`).
+        'weighted': the inverse-variance mean of the estimates (2+ located
+        stations; arrival times unused). One station: its own Origin.
+    vp, vs : float
+        P and S velocity (km/s) of a homogeneous half-space (straight rays)
+        for ``hybrid``, when no ``velocity_model`` is given.
+    velocity_model : str or None
+        A 1-D model file, one ``depth_top_km, vp, vs`` line per layer (tops
+        increasing from 0, ``#`` comments); travel times are ObsPy TauP's
+        first arrivals (a table built once per run, ~20 s).
+    pick_std_s : (float, float)
+        Pick errors of P and S picks (s).
+    model_error : float
+        Travel-time error of the velocity model, a fraction of the travel
+        time (NonLinLoc's model error): added in quadrature to the pick error.
+    max_rms_s : float
+        A hybrid origin whose RMS residual exceeds this (s) is flagged in its
+        Origin comment and in events.csv (located, not dropped).
     figures : bool
         Write ``figures/map.png``.
     verbose : int
@@ -120,7 +155,8 @@ def locator(input_waveforms=None,
     Returns
     -------
     dict
-        ``output_dir``, ``locations``, ``skipped`` and ``s_picks`` (the S
+        ``output_dir``, ``locations``, ``events`` (events.csv's table),
+        ``skipped`` and ``s_picks`` (the S
         picks with their station's coordinates) (DataFrames), ``stations``
         (the inventory read, :class:`utrans_loc.waveforms.Stations`),
         ``catalog`` (obspy Catalog), ``pred`` (model outputs), ``x`` (model
@@ -130,6 +166,7 @@ def locator(input_waveforms=None,
         channel_priority = [c.strip() for c in channel_priority.split(",") if c.strip()]
     cfg = dict(locals())
     cfg["channel_priority"] = tuple(channel_priority)
+    cfg["pick_std_s"] = tuple(float(v) for v in pick_std_s)
     return locate.run(locate.LocateConfig(**cfg))
 
 
@@ -165,6 +202,23 @@ def build_parser():
     cli.add_prediction_options(
         p, d, per="pick", batch_of="windows",
         calibration_help="calibration.json of tester1 for this model (scales the std)")
+    g = p.add_argument_group("multi-station origin (events with picks at 2+ stations)")
+    g.add_argument("--combine", choices=locate.COMBINE_METHODS, default=d["combine"],
+                   help="hybrid: single-station estimates as priors + P/S arrival times; "
+                        "weighted: inverse-variance mean of the estimates")
+    g.add_argument("--vp", type=float, default=d["vp"],
+                   help="P velocity of a homogeneous half-space (km/s), without --velocity_model")
+    g.add_argument("--vs", type=float, default=d["vs"],
+                   help="S velocity of a homogeneous half-space (km/s), without --velocity_model")
+    g.add_argument("--velocity_model", default=d["velocity_model"],
+                   help="1-D model file, one 'depth_top_km, vp, vs' line per layer "
+                        "(travel times by ObsPy TauP)")
+    g.add_argument("--pick_std_s", type=float, nargs=2, metavar=("P", "S"),
+                   default=list(d["pick_std_s"]), help="pick errors of P and S picks (s)")
+    g.add_argument("--model_error", type=float, default=d["model_error"],
+                   help="velocity-model travel-time error, a fraction of the travel time")
+    g.add_argument("--max_rms_s", type=float, default=d["max_rms_s"],
+                   help="flag hybrid origins whose RMS residual exceeds this (s)")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=d["figures"],
                    help="write figures/map.png")
     return cli.add_summary_options(p, d)

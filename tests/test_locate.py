@@ -105,8 +105,11 @@ def model():
 
 @pytest.fixture(scope="module")
 def located(files, model, tmp_path_factory):
-    """One in-process locator run over the 200 picks (the model built once)."""
-    cfg = _config(files["all_waveforms"], files["all_inventory"], files["all_picks"], "all")
+    """One in-process locator run over the 200 picks (the model built once); the
+    picks of an event are copies of one trace at one place, so they are combined by
+    the inverse-variance mean (the hybrid origin is tested in test_locate_network)."""
+    cfg = _config(files["all_waveforms"], files["all_inventory"], files["all_picks"], "all",
+                  combine="weighted")
     with working_dir(tmp_path_factory.mktemp("locate_run")):
         res = locate.run(cfg, model=model)
     table = res["locations"]
@@ -243,7 +246,7 @@ def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
         "--input_waveforms", files["all_waveforms"], "--input_inventory", files["all_inventory"],
         "--input_picks", "picks.csv", "--input_model", need(CKPT), "--output_name", "cli",
         "--estimate_uncertainty", "--number_of_sampling", "3", "--seed", "1",
-        "--calibration", "cal.json", "--verbose", "0", cwd=tmp_path)
+        "--calibration", "cal.json", "--combine", "weighted", "--verbose", "0", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     out = tmp_path / "cli_outputs"
     skipped = pd.read_csv(out / "skipped.csv")

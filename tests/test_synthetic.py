@@ -338,15 +338,19 @@ def test_event_files_have_one_origin_time_per_event(dataset, tmp_path):
                 assert coords["latitude"] == pytest.approx(attrs["station_lat"])
     with pytest.raises(FileExistsError):
         sc.write_event_files(dataset["hdf5"], ids, tmp_path / "ex")     # never overwritten
-    # compare_with_truth: the preferred (inverse-variance) location and its errors
-    table = pd.DataFrame({"event_id": [truth.event_id[0]] * 2,
-                          "pred_event_lat": [truth.latitude[0] + 0.1, truth.latitude[0] + 0.3],
-                          "pred_event_lat_std": [0.1, 0.1],
-                          "pred_event_lon": [truth.longitude[0]] * 2, "pred_event_lon_std": [0.2] * 2,
-                          "pred_depth_km": [truth.depth_km[0] + 2.0] * 2,
-                          "pred_depth_km_std": [1.0, 3.0]})
-    row = locate.compare_with_truth(table, truth, sampled=True).iloc[0]
-    assert row["stations"] == 2 and row["lat"] == pytest.approx(truth.latitude[0] + 0.2)
-    assert row["lat_std"] == pytest.approx(0.1 / math.sqrt(2))
+    # compare_with_truth: each event's preferred origin (events.csv) against its truth
+    events = pd.DataFrame({"event_id": [truth.event_id[0], "not-in-truth"],
+                           "latitude": [truth.latitude[0] + 0.2, 0.0],
+                           "longitude": [truth.longitude[0], 0.0],
+                           "depth_km": [truth.depth_km[0] + 2.0, 0.0],
+                           "latitude_std_km": [3.0, 1.0], "longitude_std_km": [4.0, 1.0],
+                           "depth_km_std": [5.0, 1.0], "n_stations": [2, 1],
+                           "method": ["hybrid", "single-station"]})
+    table = locate.compare_with_truth(events, truth)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["stations"] == 2 and row["method"] == "hybrid"
+    assert row["lat"] == pytest.approx(truth.latitude[0] + 0.2)
+    assert (row["north_std_km"], row["east_std_km"], row["depth_std_km"]) == (3.0, 4.0, 5.0)
     assert row["depth_error_km"] == pytest.approx(2.0)
     assert row["epicentral_error_km"] == pytest.approx(0.2 * 111.0, rel=0.01)

@@ -41,7 +41,7 @@ from obspy.core.event import (Arrival, Catalog, Comment, CreationInfo, Event, Or
                               ResourceIdentifier, WaveformStreamID)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, files, metrics, prediction, uncertainty, waveforms
+from utrans_loc import checkpoints, files, metrics, origins, prediction, uncertainty, waveforms
 from utrans_loc.traces import bandpass_taper, check_finite
 
 DEFAULT_P_POSITION_S = 7.0
@@ -52,6 +52,9 @@ SKIPPED_COLUMNS = ("network", "station", "phase", "time", "event_id", "reason")
 S_PICK_COLUMNS = ("network", "station", "location", "time", "event_id", "phase",
                   "station_lat", "station_lon", "station_elevation_m")
 RESOURCE_PREFIX = "smi:local/utrans_loc"
+EVENTS_CSV_NAME = "events.csv"
+# A 1-sigma ellipse of a 2-D Gaussian holds 1 - exp(-1/2) of it.
+ELLIPSE_CONFIDENCE = 100.0 * (1.0 - math.exp(-0.5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,13 @@ class LocateConfig:
     calibration: str | None
     seed: int | None
     batch_size: int
+    combine: str
+    vp: float
+    vs: float
+    velocity_model: str | None
+    pick_std_s: tuple
+    model_error: float
+    max_rms_s: float
     figures: bool
     verbose: int
 
@@ -126,7 +136,9 @@ def run(cfg, model=None):
                                       cfg.n_samples, seed=cfg.seed, progress=cfg.verbose > 0,
                                       timings=timings, label="locator")
     table = locations_table(located, pred, settings, calibration)
+    origin_start = time.time()
     catalog, combined = build_catalog(table, cfg, settings, s_table)
+    timings["origins_s"] = time.time() - origin_start
     os.makedirs(output_dir)
     write_outputs(output_dir, table, skipped, catalog, combined, cfg)
     elapsed = time.time() - start
@@ -136,7 +148,7 @@ def run(cfg, model=None):
     if cfg.verbose:
         print(f"locator: {len(table)} pick(s) located, {len(skipped)} skipped, "
               f"{len(catalog)} event(s) -> {output_dir}")
-    return {"output_dir": output_dir, "locations": table,
+    return {"output_dir": output_dir, "locations": table, "events": combined,
             "skipped": skipped_table(skipped), "s_picks": s_table, "stations": stations,
             "catalog": catalog, "pred": pred, "x": x, "settings": settings,
             "timings": timings, "time_s": elapsed}
@@ -196,6 +208,7 @@ def check_parameters(cfg):
     """Reject impossible settings before any file is read."""
     waveforms.check_waveform_options(cfg.input_waveforms, cfg.input_sds)
     prediction.check_sampling_options(cfg)
+    check_origin_options(cfg)
     if not cfg.max_gap_s >= 0:
         raise ValueError(f"max_gap_s must be >= 0, got {cfg.max_gap_s}")
     if not cfg.channel_priority or any(len(c) != 2 for c in cfg.channel_priority):
@@ -411,22 +424,63 @@ def resource_key(text):
     return safe
 
 
+COMBINE_METHODS = ("hybrid", "weighted")
+EVENT_COLUMNS = ("event_id", "latitude", "longitude", "depth_km", "latitude_std_km",
+                 "longitude_std_km", "depth_km_std", "origin_time", "origin_time_std_s",
+                 "n_stations", "n_p", "n_s", "rms_s", "azimuthal_gap_deg", "method", "flag")
+
+
+def check_origin_options(cfg):
+    """The multi-station options, checked before any file is read (the velocity model too)."""
+    if cfg.combine not in COMBINE_METHODS:
+        raise ValueError(f"--combine must be one of {', '.join(COMBINE_METHODS)}, got "
+                         f"{cfg.combine!r}")
+    origins.check_velocities(cfg.vp, cfg.vs, "--vp/--vs")
+    if len(cfg.pick_std_s) != 2 or not all(np.isfinite(v) and v > 0 for v in cfg.pick_std_s):
+        raise ValueError(f"--pick_std_s must be two positive numbers (P, S), got "
+                         f"{' '.join(map(str, cfg.pick_std_s))}")
+    if not (np.isfinite(cfg.model_error) and 0 <= cfg.model_error < 1):
+        raise ValueError(f"--model_error must be a fraction in [0, 1), got {cfg.model_error}")
+    if not cfg.max_rms_s > 0:
+        raise ValueError(f"--max_rms_s must be > 0, got {cfg.max_rms_s}")
+    if cfg.velocity_model is not None:
+        if not os.path.isfile(cfg.velocity_model):
+            raise FileNotFoundError(f"--velocity_model file not found: {cfg.velocity_model}")
+        origins.read_layers(cfg.velocity_model)
+
+
+class TravelTimes:
+    """The run's velocity model, built on first use (a layered model's table takes seconds)."""
+
+    def __init__(self, cfg):
+        self.cfg, self._model = cfg, None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = origins.velocity_model(self.cfg.vp, self.cfg.vs, self.cfg.velocity_model)
+        return self._model
+
+
 def build_catalog(table, cfg, settings, s_picks=None):
-    """QuakeML of the located picks: one Event per event_id.
+    """QuakeML of the located picks: one Event per event_id; and the events table.
 
     Each Event holds its P picks (and the S picks of ``s_picks`` with its
-    event_id, phase hint S), one Origin per station estimate (with
-    lat/lon uncertainty in degrees and depth uncertainty in metres, QuakeML's
-    units, when sampled) and, for 2+ stations, a preferred Origin combining
-    them (:func:`combine_estimates`); with one station that station's Origin
-    is preferred. Origin times are approximate (P time minus hypocentral
-    distance / 6 km/s), as each Origin's comment says.
+    event_id, phase hint S) and one Origin per station estimate (with lat/lon
+    uncertainty in degrees and depth uncertainty in metres, QuakeML's units,
+    when sampled; origin time approximate: P time minus hypocentral distance /
+    6 km/s). The preferred Origin: with picks at 2+ stations, ``--combine
+    hybrid`` maximises the posterior of :mod:`utrans_loc.origins` (estimates
+    as priors, P and S arrival times, one Arrival per pick with its
+    residual, the error ellipse, origin time error and quality), ``weighted``
+    the inverse-variance mean of the estimates (:func:`combine_estimates`,
+    2+ located stations); else the one station's Origin.
 
     Returns
     -------
     (obspy.core.event.Catalog, pandas.DataFrame)
-        The catalog and the combined origins (``event_id, latitude,
-        longitude, depth_km, n_stations``).
+        The catalog and ``events.csv``'s table (:data:`EVENT_COLUMNS`, one
+        row per event: its preferred origin).
     """
     sampled = cfg.estimate_uncertainty
     info = CreationInfo(author="utrans_loc locator", creation_time=UTCDateTime())
@@ -434,7 +488,8 @@ def build_catalog(table, cfg, settings, s_picks=None):
     method = ResourceIdentifier(f"{RESOURCE_PREFIX}/method/utrans_convmixer_single_station")
     time_note = (f"origin time approximate: P time minus hypocentral distance / "
                  f"{P_VELOCITY_KM_S:g} km/s")
-    events, combined = [], []
+    travel = TravelTimes(cfg)
+    events, rows_out = [], []
     s_by_event = {} if s_picks is None else dict(tuple(s_picks.groupby("event_id", sort=False)))
     for event_id, rows in table.groupby("event_id", sort=False):
         key = resource_key(event_id)
@@ -463,40 +518,122 @@ def build_catalog(table, cfg, settings, s_picks=None):
                            row.pred_depth_km_std, row.pred_event_lat_std_km,
                            row.pred_event_lon_std_km)
             event.origins.append(origin)
-        for j, row in enumerate(s_by_event.get(event_id, pd.DataFrame()).itertuples()):
+        s_rows = s_by_event.get(event_id, pd.DataFrame(columns=S_PICK_COLUMNS))
+        for j, row in enumerate(s_rows.itertuples()):
             event.picks.append(Pick(
                 resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/pick/{key}/s{j}"),
                 time=row.time, phase_hint="S", waveform_id=WaveformStreamID(
                     network_code=row.network, station_code=row.station,
                     location_code=row.location)))
-        if len(rows) > 1:
-            best = combine_estimates(rows, sampled)
-            _, times = origin_time(rows["p_time"], rows["station_lat"], rows["station_lon"],
-                                   best["latitude"], best["longitude"], best["depth_km"])
-            when = times[0] + float(np.mean([t - times[0] for t in times]))
-            origin = Origin(
-                resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/combined"),
-                time=when, latitude=best["latitude"], longitude=best["longitude"],
-                depth=best["depth_km"] * 1000.0, method_id=method, evaluation_mode="automatic",
-                creation_info=info.copy(),
-                quality=OriginQuality(used_station_count=len(rows), used_phase_count=len(rows),
-                                      associated_station_count=len(rows)),
-                comments=[Comment(text=f"preferred origin: {best['method']}"),
-                          Comment(text=time_note.replace("P time", "the mean over stations of "
-                                                                   "P time"))])
-            per_lat, per_lon = km_per_degree(best["latitude"], best["longitude"])
-            set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
-                       best["latitude_std"] * per_lat, best["longitude_std"] * per_lon)
+        n_stations = len(set(zip(rows["network"], rows["station"]))
+                         | set(zip(s_rows["network"], s_rows["station"])))
+        if cfg.combine == "hybrid" and n_stations > 1:
+            origin, row = hybrid_origin(rows, s_rows, cfg, travel.model, event, key, info)
+        elif cfg.combine == "weighted" and len(rows) > 1:
+            origin, row = weighted_origin(rows, s_rows, sampled, key, info, time_note)
+        else:
+            origin, row = None, single_row(rows, s_rows, sampled)
+        if origin is not None:
+            origin.method_id = ResourceIdentifier(f"{RESOURCE_PREFIX}/method/{cfg.combine}")
             event.origins.append(origin)
-            combined.append({"event_id": event_id, "latitude": best["latitude"],
-                             "longitude": best["longitude"], "depth_km": best["depth_km"],
-                             "n_stations": len(rows)})
+        rows_out.append({"event_id": event_id, **row})
         event.preferred_origin_id = event.origins[-1].resource_id
         events.append(event)
     catalog = Catalog(events=events, creation_info=info,
                       description=f"utrans_loc locator, model {model_name}")
-    return catalog, pd.DataFrame(combined, columns=["event_id", "latitude", "longitude",
-                                                    "depth_km", "n_stations"])
+    return catalog, pd.DataFrame(rows_out, columns=EVENT_COLUMNS)
+
+
+def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
+    """The preferred Origin of ``--combine hybrid`` and its events.csv row."""
+    best = origins.event_origin(rows, s_rows, model, cfg.estimate_uncertainty,
+                                cfg.pick_std_s, cfg.model_error)
+    p_ids = [p.resource_id for p in event.picks if p.phase_hint == "P"]
+    s_ids = [p.resource_id for p in event.picks if p.phase_hint == "S"]
+    ids = iter(p_ids + s_ids)     # event_origin lists the P picks, then the S picks, in order
+    arrivals = [Arrival(pick_id=next(ids), phase=a["phase"], time_residual=a["residual_s"],
+                        distance=a["distance_deg"], azimuth=a["azimuth_deg"])
+                for a in best["arrivals"]]
+    flagged = best["rms_s"] > cfg.max_rms_s
+    flag = (f"RMS residual {best['rms_s']:.2f} s above --max_rms_s {cfg.max_rms_s:g} s: "
+            "picks or velocity model inconsistent with one origin" if flagged else "")
+    p_std, s_std = cfg.pick_std_s
+    origin = Origin(
+        resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/combined"),
+        time=best["time"], latitude=best["latitude"], longitude=best["longitude"],
+        depth=best["depth_km"] * 1000.0, evaluation_mode="automatic",
+        creation_info=info.copy(), arrivals=arrivals,
+        time_errors=QuantityError(uncertainty=float(best["time_std"])),
+        quality=OriginQuality(
+            used_station_count=best["n_stations"], associated_station_count=best["n_stations"],
+            used_phase_count=best["n_p"] + best["n_s"],
+            associated_phase_count=best["n_p"] + best["n_s"],
+            standard_error=best["rms_s"], azimuthal_gap=best["azimuthal_gap_deg"]),
+        comments=[Comment(text=(
+            f"preferred origin: hybrid, the maximum of a posterior over latitude, longitude, "
+            f"depth and origin time: {best['prior']} (Gaussian priors), and the arrival "
+            f"times of {best['n_p']} P and {best['n_s']} S pick(s) (Gaussian, pick error P "
+            f"{p_std:g} s, S {s_std:g} s, plus {cfg.model_error:g} x travel time for the "
+            "velocity model); errors and ellipse from the posterior's curvature (1 sigma)")),
+            Comment(text=f"velocity model: {model.description}")]
+        + ([Comment(text=f"flagged: {flag}")] if flagged else []))
+    set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
+               best["latitude_std_km"], best["longitude_std_km"])
+    origin.origin_uncertainty = OriginUncertainty(
+        min_horizontal_uncertainty=best["ellipse_minor_km"] * 1000.0,
+        max_horizontal_uncertainty=best["ellipse_major_km"] * 1000.0,
+        azimuth_max_horizontal_uncertainty=best["ellipse_azimuth_deg"],
+        preferred_description="uncertainty ellipse", confidence_level=ELLIPSE_CONFIDENCE)
+    return origin, {
+        "latitude": best["latitude"], "longitude": best["longitude"],
+        "depth_km": best["depth_km"], "latitude_std_km": best["latitude_std_km"],
+        "longitude_std_km": best["longitude_std_km"], "depth_km_std": best["depth_km_std"],
+        "origin_time": best["time"], "origin_time_std_s": best["time_std"],
+        "n_stations": best["n_stations"], "n_p": best["n_p"], "n_s": best["n_s"],
+        "rms_s": best["rms_s"], "azimuthal_gap_deg": best["azimuthal_gap_deg"],
+        "method": "hybrid", "flag": flag}
+
+
+def weighted_origin(rows, s_rows, sampled, key, info, time_note):
+    """The preferred Origin of ``--combine weighted`` and its events.csv row."""
+    best = combine_estimates(rows, sampled)
+    _, times = origin_time(rows["p_time"], rows["station_lat"], rows["station_lon"],
+                           best["latitude"], best["longitude"], best["depth_km"])
+    when = times[0] + float(np.mean([t - times[0] for t in times]))
+    origin = Origin(
+        resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/combined"),
+        time=when, latitude=best["latitude"], longitude=best["longitude"],
+        depth=best["depth_km"] * 1000.0, evaluation_mode="automatic",
+        creation_info=info.copy(),
+        quality=OriginQuality(used_station_count=len(rows), used_phase_count=len(rows),
+                              associated_station_count=len(rows)),
+        comments=[Comment(text=f"preferred origin: {best['method']}"),
+                  Comment(text=time_note.replace("P time", "the mean over stations of "
+                                                           "P time"))])
+    per_lat, per_lon = km_per_degree(best["latitude"], best["longitude"])
+    set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
+               best["latitude_std"] * per_lat, best["longitude_std"] * per_lon)
+    return origin, {
+        "latitude": best["latitude"], "longitude": best["longitude"],
+        "depth_km": best["depth_km"], "latitude_std_km": best["latitude_std"] * per_lat,
+        "longitude_std_km": best["longitude_std"] * per_lon,
+        "depth_km_std": best["depth_km_std"], "origin_time": when,
+        "origin_time_std_s": np.nan, "n_stations": len(rows), "n_p": len(rows),
+        "n_s": len(s_rows), "rms_s": np.nan, "azimuthal_gap_deg": np.nan,
+        "method": "weighted", "flag": ""}
+
+
+def single_row(rows, s_rows, sampled):
+    """events.csv's row of an event whose preferred origin is one station's estimate."""
+    row = rows.iloc[0]
+    std = (lambda col: row[col]) if sampled else (lambda col: np.nan)
+    return {"latitude": row["pred_event_lat"], "longitude": row["pred_event_lon"],
+            "depth_km": row["pred_depth_km"], "latitude_std_km": std("pred_event_lat_std_km"),
+            "longitude_std_km": std("pred_event_lon_std_km"),
+            "depth_km_std": std("pred_depth_km_std"), "origin_time": row["origin_time_approx"],
+            "origin_time_std_s": np.nan, "n_stations": 1, "n_p": len(rows), "n_s": len(s_rows),
+            "rms_s": np.nan, "azimuthal_gap_deg": np.nan, "method": "single-station",
+            "flag": ""}
 
 
 def set_errors(origin, lat_std, lon_std, depth_std_km, lat_std_km, lon_std_km):
@@ -509,8 +646,7 @@ def set_errors(origin, lat_std, lon_std, depth_std_km, lat_std_km, lon_std_km):
         min_horizontal_uncertainty=min(north, east), max_horizontal_uncertainty=max(north, east),
         azimuth_max_horizontal_uncertainty=0.0 if north >= east else 90.0,
         preferred_description="uncertainty ellipse",
-        # A 1-sigma ellipse of a 2-D Gaussian holds 1 - exp(-1/2) of it.
-        confidence_level=100.0 * (1.0 - math.exp(-0.5)))
+        confidence_level=ELLIPSE_CONFIDENCE)
 
 
 def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
@@ -526,11 +662,15 @@ def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
                        lambda fh: skipped_table(skipped).to_csv(fh, index=False))
     files.atomic_save(os.path.join(output_dir, EVENTS_NAME),
                       lambda tmp: catalog.write(tmp, format="QUAKEML"))
+    events = combined.assign(origin_time=[str(t) for t in combined["origin_time"]])
+    files.atomic_write(os.path.join(output_dir, EVENTS_CSV_NAME),
+                       lambda fh: events.to_csv(fh, index=False))
     if cfg.figures:
         from utrans_loc import figures
 
         os.makedirs(os.path.join(output_dir, "figures"))
-        figures.location_map(table, combined, os.path.join(output_dir, "figures", MAP_NAME))
+        figures.location_map(table, combined[combined["method"] != "single-station"],
+                             os.path.join(output_dir, "figures", MAP_NAME))
 
 
 def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_picks=0):
@@ -553,40 +693,40 @@ def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_pi
         ("picks_per_s_predict", round(len(table) / max(predict, 1e-9), 1))]
 
 
-def compare_with_truth(locations, truth, sampled):
-    """Each event's preferred location (as in events.xml) beside its true one.
+def compare_with_truth(events, truth):
+    """Each event's preferred location (events.csv) beside its true one.
 
     Parameters
     ----------
-    locations : pandas.DataFrame
-        The locator's ``locations.csv`` table (one row per located pick).
+    events : pandas.DataFrame
+        The locator's ``events.csv`` table (one row per event: the preferred
+        origin, :data:`EVENT_COLUMNS`).
     truth : pandas.DataFrame
         ``event_id, latitude, longitude, depth_km`` per event (e.g. the
         ``truth.csv`` of the synthetic example).
-    sampled : bool
-        The locations have Monte-Carlo ``*_std`` columns.
 
     Returns
     -------
     pandas.DataFrame
-        One row per located event: stations, true and located latitude,
-        longitude, depth with their 1-sigma errors, epicentral error (km,
-        geodesic) and depth error (km).
+        One row per located event with a truth: method, stations, true and
+        located latitude, longitude, depth, the located 1-sigma errors (km),
+        epicentral error (km, geodesic) and depth error (km).
     """
-    rows = []
     truth = truth.set_index(truth["event_id"].astype(str))
-    for event_id, picks in locations.groupby(locations["event_id"].astype(str), sort=False):
+    rows = []
+    for event in events.itertuples(index=False):
+        event_id = str(event.event_id)
         if event_id not in truth.index:
             continue
-        best, true = combine_estimates(picks, sampled), truth.loc[event_id]
+        true = truth.loc[event_id]
         rows.append({
-            "event_id": event_id, "stations": len(picks),
-            "true_lat": true["latitude"], "lat": best["latitude"], "lat_std": best["latitude_std"],
-            "true_lon": true["longitude"], "lon": best["longitude"],
-            "lon_std": best["longitude_std"],
-            "true_depth_km": true["depth_km"], "depth_km": best["depth_km"],
-            "depth_km_std": best["depth_km_std"],
+            "event_id": event_id, "method": event.method, "stations": event.n_stations,
+            "true_lat": true["latitude"], "lat": event.latitude,
+            "true_lon": true["longitude"], "lon": event.longitude,
+            "true_depth_km": true["depth_km"], "depth_km": event.depth_km,
+            "north_std_km": event.latitude_std_km, "east_std_km": event.longitude_std_km,
+            "depth_std_km": event.depth_km_std,
             "epicentral_error_km": float(metrics.geodesic_km(
-                true["latitude"], true["longitude"], best["latitude"], best["longitude"])[()]),
-            "depth_error_km": best["depth_km"] - true["depth_km"]})
+                true["latitude"], true["longitude"], event.latitude, event.longitude)[()]),
+            "depth_error_km": event.depth_km - true["depth_km"]})
     return pd.DataFrame(rows)

@@ -469,3 +469,86 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
             "ellipse_azimuth_deg": azimuth, "residuals": residuals,
             "rms_s": float(np.sqrt(np.mean(residuals ** 2))),
             "azimuthal_gap_deg": azimuthal_gap(lat, lon, picks["lat"], picks["lon"])}
+
+
+def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PICK_STD_S["S"]),
+                 model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM):
+    """The hybrid origin of one event from the locator's tables.
+
+    Parameters
+    ----------
+    p_rows : pandas.DataFrame
+        The event's located P picks (rows of ``locations.csv``: ``p_time``
+        as UTCDateTime, station coordinates, ``pred_*`` and, when
+        ``sampled``, the ``*_std_km`` / ``pred_depth_km_std`` columns).
+    s_rows : pandas.DataFrame
+        The event's S picks (``time``, station coordinates).
+    model : HalfSpace or LayeredModel
+    sampled : bool
+        The estimates have Monte-Carlo error bars; else each gets
+        :data:`DEFAULT_SPREAD_KM`.
+    pick_std_s : (float, float)
+        Pick errors of P and S (s).
+    model_error : float
+    max_depth_km : float
+
+    Returns
+    -------
+    dict
+        :func:`hybrid_origin`'s keys with ``time`` an absolute UTCDateTime,
+        plus ``arrivals`` (one dict per pick: ``network, station, location,
+        phase, time, residual_s, distance_deg, azimuth_deg``), ``n_p``,
+        ``n_s``, ``n_stations`` and ``prior`` (how the estimates were weighted).
+    """
+    from geographiclib.geodesic import Geodesic
+    from obspy.geodetics import kilometers2degrees
+
+    n = len(p_rows)
+    if sampled:
+        spread = {"lat_std_km": p_rows["pred_event_lat_std_km"].to_numpy(float),
+                  "lon_std_km": p_rows["pred_event_lon_std_km"].to_numpy(float),
+                  "depth_std_km": p_rows["pred_depth_km_std"].to_numpy(float)}
+        prior = "each station's estimate weighted by its Monte-Carlo error bars"
+    else:
+        spread = {k: np.full(n, v) for k, v in zip(("lat_std_km", "lon_std_km", "depth_std_km"),
+                                                   DEFAULT_SPREAD_KM)}
+        prior = ("each station's estimate with the default spread (no --estimate_uncertainty): "
+                 f"{DEFAULT_SPREAD_KM[0]:g} km north and east, {DEFAULT_SPREAD_KM[2]:g} km depth")
+    # A zero spread (one Monte-Carlo pass) would make one station decide alone.
+    spread = {k: np.maximum(v, 0.1) for k, v in spread.items()}
+    # A depth estimate outside the searched range (an untrained model's -400 km)
+    # would pull the origin to the boundary with all its weight: it starts there.
+    estimates = {"lat": p_rows["pred_event_lat"].to_numpy(float),
+                 "lon": p_rows["pred_event_lon"].to_numpy(float),
+                 "depth_km": np.clip(p_rows["pred_depth_km"].to_numpy(float), 0.0, max_depth_km),
+                 **spread}
+    picks = [{"network": r.network, "station": r.station, "location": r.location, "phase": "P",
+              "time": r.p_time, "lat": r.station_lat, "lon": r.station_lon,
+              "elevation_km": _km(r.station_elevation_m)} for r in p_rows.itertuples()]
+    picks += [{"network": r.network, "station": r.station, "location": r.location,
+               "phase": r.phase, "time": r.time, "lat": r.station_lat, "lon": r.station_lon,
+               "elevation_km": _km(r.station_elevation_m)} for r in s_rows.itertuples()]
+    reference = min(p["time"] for p in picks)
+    std = {"P": float(pick_std_s[0]), "S": float(pick_std_s[1])}
+    arrays = {"lat": np.array([p["lat"] for p in picks], float),
+              "lon": np.array([p["lon"] for p in picks], float),
+              "elevation_km": np.array([p["elevation_km"] for p in picks], float),
+              "phase": np.array([p["phase"] for p in picks]),
+              "time": np.array([p["time"] - reference for p in picks], float),
+              "std": np.array([std[p["phase"]] for p in picks], float)}
+    out = hybrid_origin(estimates, arrays, model, model_error, max_depth_km)
+    out["time"] = reference + out["time"]
+    for pick, residual in zip(picks, out["residuals"]):
+        g = Geodesic.WGS84.Inverse(out["latitude"], out["longitude"], pick["lat"], pick["lon"])
+        pick.update(residual_s=float(residual),
+                    distance_deg=kilometers2degrees(g["s12"] / 1000.0),
+                    azimuth_deg=g["azi1"] % 360.0)
+    out.update(arrivals=picks, n_p=int(np.sum(arrays["phase"] == "P")),
+               n_s=int(np.sum(arrays["phase"] == "S")),
+               n_stations=len({(p["network"], p["station"]) for p in picks}), prior=prior)
+    return out
+
+
+def _km(elevation_m):
+    value = float(elevation_m) if elevation_m is not None else 0.0
+    return value / 1000.0 if np.isfinite(value) else 0.0
