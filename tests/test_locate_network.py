@@ -177,3 +177,14 @@ def test_bad_velocity_model_exits_2_naming_the_line(network_files, trained, tmp_
     assert run.returncode == 2
     assert message in run.stderr and "model.txt" in run.stderr
     assert not os.path.exists(tmp_path / "locator_outputs")
+
+
+def test_s_picks_of_events_without_a_located_p_pick_are_listed_as_skipped():
+    _, table, s_picks = _event_table()
+    lonely = s_picks.iloc[:1].assign(event_id="ev2")
+    s_all = pd.concat([s_picks, lonely]).set_axis([3, 4, 5, 9])     # file order of the picks
+    kept, skipped = locate.s_picks_of_located_events(s_all, table)
+    assert len(kept) == 3 and set(kept["event_id"]) == {"ev1"}
+    assert [row["index"] for row in skipped] == [9]
+    assert "S pick of event ev2, which has no located P pick" in skipped[0]["reason"]
+    assert "XX.AAA" in skipped[0]["reason"]

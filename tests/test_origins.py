@@ -159,3 +159,32 @@ def test_layered_model_times_are_taup_first_arrivals():
     fast = origins.LayeredModel([(0.0, 6.0, 3.5), (10.0, 8.0, 4.6)], max_distance_km=120.0,
                                 max_depth_km=8.0)
     assert float(fast.travel_time("P", 110.0, 5.0)) < float(straight.travel_time("P", 110.0, 5.0)) - 1.0
+
+
+@pytest.fixture(scope="module")
+def uniform_layers():
+    """A layered model equal to the 6.0/3.5 half-space (TauP's table to 160 km, 100 km deep)."""
+    return origins.LayeredModel([(0.0, 6.0, 3.5), (30.0, 6.0, 3.5)], max_distance_km=160.0)
+
+
+@pytest.mark.slow
+def test_errors_stay_finite_at_the_depth_bound(uniform_layers):
+    """A shallow solution at depth 0 of a layered model: curvature taken inside the bound."""
+    estimates, picks = network(n=3, noise=1.0, seed=7, model_noise=0.05)
+    layered = origins.hybrid_origin(estimates, picks, uniform_layers)
+    straight = origins.hybrid_origin(estimates, picks, origins.HalfSpace(6.0, 3.5))
+    assert layered["depth_km"] < 1.0
+    for key in ("latitude_std_km", "longitude_std_km", "depth_km_std", "time_std"):
+        assert np.isfinite(layered[key]) and layered[key] < 3.0 * straight[key] + 1.0, key
+
+
+def test_a_network_across_the_antimeridian():
+    """The test network moved 62 deg west: stations on both sides of 180 deg."""
+    estimates, picks = network()
+    for table in (estimates, picks):
+        table["lon"] = (table["lon"] + 180.0 - 62.0) % 360.0 - 180.0
+    result = origins.hybrid_origin(estimates, picks, origins.HalfSpace(6.0, 3.5))
+    true_lon = (TRUTH["lon"] - 62.0 + 180.0) % 360.0 - 180.0
+    assert (picks["lon"] > 0).any() and (picks["lon"] < 0).any()
+    assert abs(result["latitude"] - TRUTH["lat"]) < 0.01
+    assert abs((result["longitude"] - true_lon + 180.0) % 360.0 - 180.0) < 0.01

@@ -136,6 +136,11 @@ def run(cfg, model=None):
                                       cfg.n_samples, seed=cfg.seed, progress=cfg.verbose > 0,
                                       timings=timings, label="locator")
     table = locations_table(located, pred, settings, calibration)
+    s_table, orphans = s_picks_of_located_events(s_table, table)
+    if orphans:
+        skipped = sorted(skipped + orphans, key=lambda row: row["index"])
+        for row in orphans:
+            print(f"locator: skipped {row['reason']}", file=sys.stderr)
     origin_start = time.time()
     catalog, combined = build_catalog(table, cfg, settings, s_table)
     timings["origins_s"] = time.time() - origin_start
@@ -188,20 +193,39 @@ def station_picks(picks, stations):
     (pandas.DataFrame, list of dict)
         :data:`S_PICK_COLUMNS` per usable pick, and the ``skipped`` rows.
     """
-    rows, skipped = [], []
+    rows, skipped, index = [], [], []
     for pick in picks.itertuples():
         try:
             lat, lon, elevation = stations.coordinates(pick.network, pick.station, pick.time)
         except waveforms.PickError as err:
             skipped.append(skip_row(pick, str(err)))
             continue
+        index.append(pick.Index)     # the pick's place in the file, for skipped.csv's order
         rows.append({"network": pick.network, "station": pick.station,
                      "location": pick.location, "time": pick.time, "event_id": pick.event_id,
                      "phase": pick.phase, "station_lat": lat, "station_lon": lon,
                      "station_elevation_m": elevation})
-    table = pd.DataFrame(rows, columns=S_PICK_COLUMNS)
+    table = pd.DataFrame(rows, columns=S_PICK_COLUMNS, index=pd.Index(index, dtype=int))
     table["location"] = pd.Series(list(table["location"]), index=table.index, dtype=object)
     return table, skipped
+
+
+def s_picks_of_located_events(s_table, table):
+    """The S picks whose event has a located P pick; the others as ``skipped`` rows.
+
+    An origin needs at least one station's estimate; an S pick of an event
+    without one (its P picks all skipped, or no ``event_id`` to join it to
+    its P pick) would otherwise be lost without a word.
+    """
+    located = set(table["event_id"].astype(str))
+    keep = s_table["event_id"].astype(str).isin(located).to_numpy()
+    orphans = [{"index": row.Index, "network": row.network, "station": row.station,
+                "phase": row.phase, "time": str(row.time), "event_id": row.event_id,
+                "reason": f"{waveforms.pick_label(row.network, row.station, row.time)}: S pick "
+                          f"of event {row.event_id}, which has no located P pick (an S pick "
+                          "joins its event's P picks by event_id)"}
+               for row in s_table[~keep].itertuples()]
+    return s_table[keep].reset_index(drop=True), orphans
 
 
 def check_parameters(cfg):
@@ -554,16 +578,26 @@ def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
     arrivals = [Arrival(pick_id=next(ids), phase=a["phase"], time_residual=a["residual_s"],
                         distance=a["distance_deg"], azimuth=a["azimuth_deg"])
                 for a in best["arrivals"]]
-    flagged = best["rms_s"] > cfg.max_rms_s
-    flag = (f"RMS residual {best['rms_s']:.2f} s above --max_rms_s {cfg.max_rms_s:g} s: "
-            "picks or velocity model inconsistent with one origin" if flagged else "")
+    problems = []
+    if best["rms_s"] > cfg.max_rms_s:
+        problems.append(f"RMS residual {best['rms_s']:.2f} s above --max_rms_s "
+                        f"{cfg.max_rms_s:g} s: picks or velocity model inconsistent with one "
+                        "origin")
+    loose = [name for name in ("longitude", "latitude", "depth_km", "time")
+             if not np.isfinite(best[name + ("_std_km" if name in ("longitude", "latitude")
+                                             else "_std" if name == "time" else "_std")])]
+    if loose:
+        problems.append(f"not constrained by the picks and estimates: {', '.join(loose)} "
+                        "(no error given)")
+    flag = "; ".join(problems)
+    flagged = bool(problems)
     p_std, s_std = cfg.pick_std_s
     origin = Origin(
         resource_id=ResourceIdentifier(f"{RESOURCE_PREFIX}/origin/{key}/combined"),
         time=best["time"], latitude=best["latitude"], longitude=best["longitude"],
         depth=best["depth_km"] * 1000.0, evaluation_mode="automatic",
         creation_info=info.copy(), arrivals=arrivals,
-        time_errors=QuantityError(uncertainty=float(best["time_std"])),
+        time_errors=QuantityError(uncertainty=_finite(best["time_std"])),
         quality=OriginQuality(
             used_station_count=best["n_stations"], associated_station_count=best["n_stations"],
             used_phase_count=best["n_p"] + best["n_s"],
@@ -579,11 +613,14 @@ def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
         + ([Comment(text=f"flagged: {flag}")] if flagged else []))
     set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
                best["latitude_std_km"], best["longitude_std_km"])
-    origin.origin_uncertainty = OriginUncertainty(
-        min_horizontal_uncertainty=best["ellipse_minor_km"] * 1000.0,
-        max_horizontal_uncertainty=best["ellipse_major_km"] * 1000.0,
-        azimuth_max_horizontal_uncertainty=best["ellipse_azimuth_deg"],
-        preferred_description="uncertainty ellipse", confidence_level=ELLIPSE_CONFIDENCE)
+    if np.isfinite(best["ellipse_major_km"]):
+        origin.origin_uncertainty = OriginUncertainty(
+            min_horizontal_uncertainty=best["ellipse_minor_km"] * 1000.0,
+            max_horizontal_uncertainty=best["ellipse_major_km"] * 1000.0,
+            azimuth_max_horizontal_uncertainty=best["ellipse_azimuth_deg"],
+            preferred_description="uncertainty ellipse", confidence_level=ELLIPSE_CONFIDENCE)
+    else:
+        origin.origin_uncertainty = None
     return origin, {
         "latitude": best["latitude"], "longitude": best["longitude"],
         "depth_km": best["depth_km"], "latitude_std_km": best["latitude_std_km"],
@@ -618,8 +655,10 @@ def weighted_origin(rows, s_rows, sampled, key, info, time_note):
         "depth_km": best["depth_km"], "latitude_std_km": best["latitude_std"] * per_lat,
         "longitude_std_km": best["longitude_std"] * per_lon,
         "depth_km_std": best["depth_km_std"], "origin_time": when,
-        "origin_time_std_s": np.nan, "n_stations": len(rows), "n_p": len(rows),
-        "n_s": len(s_rows), "rms_s": np.nan, "azimuthal_gap_deg": np.nan,
+        "origin_time_std_s": np.nan,
+        "n_stations": len(set(zip(rows["network"], rows["station"]))
+                          | set(zip(s_rows["network"], s_rows["station"]))),
+        "n_p": len(rows), "n_s": len(s_rows), "rms_s": np.nan, "azimuthal_gap_deg": np.nan,
         "method": "weighted", "flag": ""}
 
 
@@ -637,16 +676,28 @@ def single_row(rows, s_rows, sampled):
 
 
 def set_errors(origin, lat_std, lon_std, depth_std_km, lat_std_km, lon_std_km):
-    """1-sigma errors in QuakeML's units: degrees, metres; the horizontal ellipse in metres."""
-    origin.latitude_errors = QuantityError(uncertainty=float(lat_std))
-    origin.longitude_errors = QuantityError(uncertainty=float(lon_std))
-    origin.depth_errors = QuantityError(uncertainty=float(depth_std_km) * 1000.0)
-    north, east = float(lat_std_km) * 1000.0, float(lon_std_km) * 1000.0
+    """1-sigma errors in QuakeML's units: degrees, metres; the horizontal ellipse in metres.
+
+    An error that is not a finite number (a direction nothing constrains) is left out.
+    """
+    origin.latitude_errors = QuantityError(uncertainty=_finite(lat_std))
+    origin.longitude_errors = QuantityError(uncertainty=_finite(lon_std))
+    depth = _finite(depth_std_km)
+    origin.depth_errors = QuantityError(uncertainty=None if depth is None else depth * 1000.0)
+    north, east = _finite(lat_std_km), _finite(lon_std_km)
+    if north is None or east is None:
+        return
+    north, east = north * 1000.0, east * 1000.0
     origin.origin_uncertainty = OriginUncertainty(
         min_horizontal_uncertainty=min(north, east), max_horizontal_uncertainty=max(north, east),
         azimuth_max_horizontal_uncertainty=0.0 if north >= east else 90.0,
         preferred_description="uncertainty ellipse",
         confidence_level=ELLIPSE_CONFIDENCE)
+
+
+def _finite(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def write_outputs(output_dir, table, skipped, catalog, combined, cfg):

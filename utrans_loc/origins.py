@@ -250,7 +250,8 @@ def taup_nd_text(layers):
                 out.append(" ".join(parts[:4]))
         elif started and parts:
             out.append(line.strip())
-    # ak135's first line at 210 km repeats the layer's bottom depth: a discontinuity.
+    # At 210 km: the last layer's bottom, then ak135's two (equal) 210 km lines: TauP
+    # reads repeated depths as a discontinuity.
     return "\n".join(out) + "\n"
 
 
@@ -270,11 +271,11 @@ class Plane:
         self.km_lat, self.km_lon = km_per_degree(lat0, lon0)
 
     def xy(self, lat, lon):
-        return ((np.asarray(lon, float) - self.lon0) * self.km_lon,
-                (np.asarray(lat, float) - self.lat0) * self.km_lat)
+        east = (np.asarray(lon, float) - self.lon0 + 180.0) % 360.0 - 180.0   # across 180 deg
+        return east * self.km_lon, (np.asarray(lat, float) - self.lat0) * self.km_lat
 
     def latlon(self, x, y):
-        return self.lat0 + y / self.km_lat, self.lon0 + x / self.km_lon
+        return self.lat0 + y / self.km_lat, (self.lon0 + x / self.km_lon + 180.0) % 360.0 - 180.0
 
 
 def km_per_degree(lat, lon):
@@ -303,8 +304,10 @@ class Posterior:
         self.model, self.model_error = model, float(model_error)
         w_lat = 1.0 / np.square(estimates["lat_std_km"])
         w_lon = 1.0 / np.square(estimates["lon_std_km"])
-        self.plane = Plane(np.sum(w_lat * estimates["lat"]) / np.sum(w_lat),
-                           np.sum(w_lon * estimates["lon"]) / np.sum(w_lon))
+        # Circular mean of the longitudes: a network across 180 deg stays in one piece.
+        lon = np.radians(np.asarray(estimates["lon"], float))
+        self.plane = Plane(np.sum(w_lat * estimates["lat"]) / np.sum(w_lat), math.degrees(
+            math.atan2(np.sum(w_lon * np.sin(lon)), np.sum(w_lon * np.cos(lon)))))
         ex, ey = self.plane.xy(estimates["lat"], estimates["lon"])
         self.prior_mean = np.stack([ex, ey, np.asarray(estimates["depth_km"], float)], axis=1)
         self.prior_std = np.stack([estimates["lon_std_km"], estimates["lat_std_km"],
@@ -381,19 +384,31 @@ def maximise(post, max_depth_km=MAX_DEPTH_KM, grid=31, starts=3):
     best = None
     bounds = [(None, None), (None, None), (0.0, max_depth_km)]
     for seed in seeds:
-        seed = np.clip(seed, [-np.inf, -np.inf, 0.0], [np.inf, np.inf, max_depth_km])
+        seed = np.clip(seed, [-np.inf, -np.inf, 0.0], [np.inf, np.inf, max_depth_km - 3.0])
+        # An explicit simplex a few km wide: SciPy's default (5 % of each coordinate)
+        # has no width at the plane's origin, where the estimates' mean seed lies.
+        simplex = np.vstack([seed, seed + [5.0, 0, 0], seed + [0, 5.0, 0], seed + [0, 0, 3.0]])
         result = optimize.minimize(lambda m: float(post.nlp(*m)), seed, method="Nelder-Mead",
                                    bounds=bounds, options={"xatol": 1e-3, "fatol": 1e-6,
-                                                           "maxiter": 4000})
+                                                           "maxiter": 4000,
+                                                           "initial_simplex": simplex})
         if best is None or result.fun < best.fun:
             best = result
     return best.x
 
 
 def laplace_covariance(post, m, t0, max_depth_km=MAX_DEPTH_KM):
-    """Covariance of (east km, north km, depth km, t0 s) from the Hessian at the maximum."""
+    """Covariance of (east km, north km, depth km, t0 s) from the Hessian at the maximum.
+
+    Central differences; at a depth bound (the search keeps 0 <= depth <=
+    ``max_depth_km`` and a layered model's table ends there) the curvature is
+    taken just inside it, where both sides of each difference exist. A
+    direction without curvature (nothing constrains it) gets an infinite
+    variance: its errors are NaN, not a number that looks measured.
+    """
     steps = np.array([0.05, 0.05, 0.05, 0.005])
     point = np.array([*m, t0], float)
+    point[2] = np.clip(point[2], 2.5 * steps[2], max_depth_km - 2.5 * steps[2])
 
     def f(p):
         return float(post.nlp(p[0], p[1], p[2], p[3]))
@@ -407,13 +422,18 @@ def laplace_covariance(post, m, t0, max_depth_km=MAX_DEPTH_KM):
                                              - f(point - ei + ej) + f(point - ei - ej)) \
                 / (4.0 * steps[i] * steps[j])
     values, vectors = np.linalg.eigh(hessian)
-    # A flat direction (no curvature) keeps a wide but finite error.
-    values = np.maximum(values, 1e-6)
-    return (vectors / values) @ vectors.T
+    flat = values <= 1e-6 * max(float(values.max()), 1e-12)
+    cov = (vectors[:, ~flat] / values[~flat]) @ vectors[:, ~flat].T
+    unconstrained = np.any(np.abs(vectors[:, flat]) > 1e-3, axis=1)
+    cov[unconstrained, :] = np.nan
+    cov[:, unconstrained] = np.nan
+    return cov
 
 
 def error_ellipse(cov_xy):
     """1-sigma horizontal ellipse: (semi-major km, semi-minor km, azimuth of the major axis, deg)."""
+    if not np.all(np.isfinite(cov_xy)):
+        return math.nan, math.nan, math.nan
     values, vectors = np.linalg.eigh(cov_xy)
     major = vectors[:, 1]            # (east, north)
     azimuth = math.degrees(math.atan2(major[0], major[1])) % 180.0
