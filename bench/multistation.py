@@ -65,14 +65,15 @@ def build_parser():
 def predict(args, net):
     """tester1 on the network traces: its results table."""
     out = os.path.join(args.workdir, "tester")
-    if not os.path.isdir(out + "_outputs"):
+    if not os.path.isdir(out + "_outputs"):     # tester1 writes <name>_outputs in its cwd
         cmd = [sys.executable, os.path.join(ROOT, "02_test", "tester1.py"),
                "--input_hdf5", net["hdf5"], "--input_testset", net["ids"],
-               "--input_model", args.model, "--output_name", out, "--estimate_uncertainty",
+               "--input_model", os.path.abspath(args.model), "--output_name", "tester",
+               "--estimate_uncertainty",
                "--number_of_sampling", str(args.number_of_sampling), "--seed", "0"]
         if args.calibration:
-            cmd += ["--calibration", args.calibration]
-        subprocess.run(cmd, check=True)
+            cmd += ["--calibration", os.path.abspath(args.calibration)]
+        subprocess.run(cmd, check=True, cwd=args.workdir)
     return pd.read_csv(os.path.join(out + "_outputs", "X_test_results.csv"))
 
 

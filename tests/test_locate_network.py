@@ -153,7 +153,7 @@ def test_hybrid_origin_of_good_estimates_and_exact_picks_is_the_truth(tmp_path):
 
 
 def test_inconsistent_picks_are_located_and_flagged():
-    _, table, s_picks = _event_table(s_late_s=8.0)
+    _, table, s_picks = _event_table(s_late_s=15.0)
     catalog, events = locate.build_catalog(table, _config(), {}, s_picks)
     row = events.iloc[0]
     assert row["rms_s"] > 1.0 and "above --max_rms_s 1 s" in row["flag"]

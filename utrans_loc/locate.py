@@ -82,6 +82,7 @@ class LocateConfig:
     velocity_model: str | None
     pick_std_s: tuple
     model_error: float
+    depth_correlation: float
     max_rms_s: float
     figures: bool
     verbose: int
@@ -465,6 +466,8 @@ def check_origin_options(cfg):
                          f"{' '.join(map(str, cfg.pick_std_s))}")
     if not (np.isfinite(cfg.model_error) and 0 <= cfg.model_error < 1):
         raise ValueError(f"--model_error must be a fraction in [0, 1), got {cfg.model_error}")
+    if not 0 <= cfg.depth_correlation <= 1:
+        raise ValueError(f"--depth_correlation must be in [0, 1], got {cfg.depth_correlation}")
     if not cfg.max_rms_s > 0:
         raise ValueError(f"--max_rms_s must be > 0, got {cfg.max_rms_s}")
     if cfg.velocity_model is not None:
@@ -571,7 +574,8 @@ def build_catalog(table, cfg, settings, s_picks=None):
 def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
     """The preferred Origin of ``--combine hybrid`` and its events.csv row."""
     best = origins.event_origin(rows, s_rows, model, cfg.estimate_uncertainty,
-                                cfg.pick_std_s, cfg.model_error)
+                                cfg.pick_std_s, cfg.model_error,
+                                depth_correlation=cfg.depth_correlation)
     p_ids = [p.resource_id for p in event.picks if p.phase_hint == "P"]
     s_ids = [p.resource_id for p in event.picks if p.phase_hint == "S"]
     ids = iter(p_ids + s_ids)     # event_origin lists the P picks, then the S picks, in order
@@ -608,7 +612,9 @@ def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
             f"depth and origin time: {best['prior']} (Gaussian priors), and the arrival "
             f"times of {best['n_p']} P and {best['n_s']} S pick(s) (Gaussian, pick error P "
             f"{p_std:g} s, S {s_std:g} s, plus {cfg.model_error:g} x travel time for the "
-            "velocity model); errors and ellipse from the posterior's curvature (1 sigma)")),
+            "velocity model); the stations' depth estimates taken as correlated "
+            f"({cfg.depth_correlation:g}); errors and ellipse from the posterior's curvature "
+            "(1 sigma)")),
             Comment(text=f"velocity model: {model.description}")]
         + ([Comment(text=f"flagged: {flag}")] if flagged else []))
     set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],

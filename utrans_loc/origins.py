@@ -45,6 +45,11 @@ from utrans_loc import metrics
 VP_KM_S, VS_KM_S = 6.0, 3.5
 PICK_STD_S = {"P": 0.1, "S": 0.2}
 MODEL_ERROR = 0.03
+# Depth errors of one event's single-station estimates are nearly the same at
+# every station (correlation 0.86 measured on the synthetic network of
+# bench/multistation.py; the horizontal ones do not correlate, -0.1 to 0):
+# n stations are not n independent depth measurements.
+DEPTH_CORRELATION = 0.85
 # Prior spread of a single-station estimate without Monte-Carlo error bars:
 # wide enough that arrival times decide wherever they can (north, east, depth).
 DEFAULT_SPREAD_KM = (30.0, 30.0, 15.0)
@@ -298,9 +303,15 @@ class Posterior:
     model : HalfSpace or LayeredModel
     model_error : float
         Travel-time error as a fraction of the travel time.
+    depth_correlation : float
+        Correlation of the stations' depth errors: each depth prior's
+        variance is multiplied by ``1 + (n - 1) * depth_correlation`` (n
+        stations), so that n estimates of correlation rho weigh as their
+        mean does (exact for equal errors).
     """
 
-    def __init__(self, estimates, picks, model, model_error=MODEL_ERROR):
+    def __init__(self, estimates, picks, model, model_error=MODEL_ERROR,
+                 depth_correlation=DEPTH_CORRELATION):
         self.model, self.model_error = model, float(model_error)
         w_lat = 1.0 / np.square(estimates["lat_std_km"])
         w_lon = 1.0 / np.square(estimates["lon_std_km"])
@@ -310,8 +321,10 @@ class Posterior:
             math.atan2(np.sum(w_lon * np.sin(lon)), np.sum(w_lon * np.cos(lon)))))
         ex, ey = self.plane.xy(estimates["lat"], estimates["lon"])
         self.prior_mean = np.stack([ex, ey, np.asarray(estimates["depth_km"], float)], axis=1)
+        n = len(self.prior_mean)
         self.prior_std = np.stack([estimates["lon_std_km"], estimates["lat_std_km"],
                                    estimates["depth_std_km"]], axis=1).astype(float)
+        self.prior_std[:, 2] *= math.sqrt(1.0 + (n - 1) * float(depth_correlation))
         self.sx, self.sy = self.plane.xy(picks["lat"], picks["lon"])
         self.elevation = np.asarray(picks["elevation_km"], float)
         self.phase = np.asarray(picks["phase"])
@@ -452,7 +465,8 @@ def azimuthal_gap(lat, lon, station_lat, station_lon):
     return float(np.max(gaps))
 
 
-def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM):
+def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM,
+                  depth_correlation=DEPTH_CORRELATION):
     """The hybrid origin of one event (see the module docstring).
 
     Parameters
@@ -462,6 +476,8 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
     model : HalfSpace or LayeredModel
     model_error : float
     max_depth_km : float
+    depth_correlation : float
+        As :class:`Posterior`.
 
     Returns
     -------
@@ -473,7 +489,7 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
         ellipse_minor_km, ellipse_azimuth_deg``; ``residuals`` (s, per pick),
         ``rms_s``, ``azimuthal_gap_deg``.
     """
-    post = Posterior(estimates, picks, model, model_error)
+    post = Posterior(estimates, picks, model, model_error, depth_correlation)
     m = maximise(post, max_depth_km)
     t0 = float(post.origin_time(*m))
     cov = laplace_covariance(post, m, t0, max_depth_km)
@@ -492,7 +508,8 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
 
 
 def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PICK_STD_S["S"]),
-                 model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM):
+                 model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM,
+                 depth_correlation=DEPTH_CORRELATION):
     """The hybrid origin of one event from the locator's tables.
 
     Parameters
@@ -511,6 +528,8 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
         Pick errors of P and S (s).
     model_error : float
     max_depth_km : float
+    depth_correlation : float
+        As :class:`Posterior`.
 
     Returns
     -------
@@ -556,7 +575,7 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
               "phase": np.array([p["phase"] for p in picks]),
               "time": np.array([p["time"] - reference for p in picks], float),
               "std": np.array([std[p["phase"]] for p in picks], float)}
-    out = hybrid_origin(estimates, arrays, model, model_error, max_depth_km)
+    out = hybrid_origin(estimates, arrays, model, model_error, max_depth_km, depth_correlation)
     out["time"] = reference + out["time"]
     for pick, residual in zip(picks, out["residuals"]):
         g = Geodesic.WGS84.Inverse(out["latitude"], out["longitude"], pick["lat"], pick["lon"])
