@@ -587,9 +587,10 @@ def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
         problems.append(f"RMS residual {best['rms_s']:.2f} s above --max_rms_s "
                         f"{cfg.max_rms_s:g} s: picks or velocity model inconsistent with one "
                         "origin")
-    loose = [name for name in ("longitude", "latitude", "depth_km", "time")
-             if not np.isfinite(best[name + ("_std_km" if name in ("longitude", "latitude")
-                                             else "_std" if name == "time" else "_std")])]
+    loose = [name for name, key in (("longitude", "longitude_std_km"),
+                                    ("latitude", "latitude_std_km"), ("depth", "depth_km_std"),
+                                    ("origin time", "time_std"))
+             if not np.isfinite(best[key])]
     if loose:
         problems.append(f"not constrained by the picks and estimates: {', '.join(loose)} "
                         "(no error given)")
