@@ -2,7 +2,8 @@
 
 Runs the five stage scripts exactly as a user would, in ``./demo_run/``, and
 prints the metrics table and the locator's per-event table last (12 minutes
-measured on a 2-core CPU with AVX-512; expect about 19 without). The locator
+measured on a 2-core CPU with AVX-512, 17 with TensorFlow running as on CPUs
+without AVX-512). The locator
 stage writes test-split events recorded by two or more stations as miniSEED +
 StationXML + a picks CSV (``event_files/``, absolute times from one origin
 time per event) and locates them with the model just trained. The

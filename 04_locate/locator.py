@@ -14,10 +14,12 @@ choice, merge, resampling and rotation with ObsPy), band-passed and
 normalised as the training data were, and one single-station location; S
 picks are kept for their events. Writes ``<output_name>_outputs/``:
 ``locations.csv`` (one row per located pick), ``skipped.csv`` (picks that
-could not be used, with the reason), ``events.xml`` (QuakeML: one Event per
-event_id, one Origin per station, a combined preferred Origin for 2+
-stations), ``figures/map.png`` and ``report.txt``. An existing output folder
-is never touched.
+could not be used, with the reason), ``events.csv`` (one row per event, its
+preferred origin), ``events.xml`` (QuakeML: one Event per event_id, one
+Origin per station and, for picks at 2+ stations, a preferred Origin from the
+estimates and the P and S arrival times, ``--combine hybrid``, or their
+inverse-variance mean, ``--combine weighted``), ``figures/map.png`` and
+``report.txt``. An existing output folder is never touched.
 """
 
 import os

@@ -150,7 +150,7 @@ def run(cfg, model=None):
     elapsed = time.time() - start
     files.write_report(os.path.join(output_dir, "report.txt"), "locator",
                        report_items(cfg, settings, loaded, table, skipped, timings, elapsed,
-                                    len(s_table)))
+                                    len(s_table), combined))
     if cfg.verbose:
         print(f"locator: {len(table)} pick(s) located, {len(skipped)} skipped, "
               f"{len(catalog)} event(s) -> {output_dir}")
@@ -731,7 +731,7 @@ def write_outputs(output_dir, table, skipped, catalog, combined, cfg):
                              os.path.join(output_dir, "figures", MAP_NAME))
 
 
-def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_picks=0):
+def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_picks, events):
     """report.txt: inputs, model settings, counts, timings."""
     predict = timings.get("predict_s", 0.0)
     return [
@@ -742,8 +742,14 @@ def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_pi
         ("output_name", cfg.output_name), ("channel_priority", ",".join(cfg.channel_priority)),
         ("max_gap_s", cfg.max_gap_s), ("estimate_uncertainty", cfg.estimate_uncertainty),
         ("number_of_sampling", cfg.n_samples), ("calibration", cfg.calibration),
-        ("seed", cfg.seed), ("batch_size", cfg.batch_size), *settings.items(),
+        ("seed", cfg.seed), ("batch_size", cfg.batch_size), ("combine", cfg.combine),
+        ("velocity_model", cfg.velocity_model or f"half-space vp {cfg.vp:g} vs {cfg.vs:g} km/s"),
+        ("pick_std_s", " ".join(f"{v:g}" for v in cfg.pick_std_s)),
+        ("model_error", cfg.model_error), ("depth_correlation", cfg.depth_correlation),
+        ("max_rms_s", cfg.max_rms_s), *settings.items(),
         ("n_located", len(table)), ("n_s_picks_kept", n_s_picks), ("n_skipped", len(skipped)),
+        ("n_events", len(events)),
+        ("n_events_flagged", int((events["flag"].fillna("") != "").sum())),
         ("n_resampled", int((table["resampled"] == "y").sum())),
         ("n_rotated", int((table["rotation_applied"] == "y").sum())),
         ("time_taken_s", round(elapsed, 1)),
