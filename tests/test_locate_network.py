@@ -188,3 +188,17 @@ def test_s_picks_of_events_without_a_located_p_pick_are_listed_as_skipped():
     assert [row["index"] for row in skipped] == [9]
     assert "S pick of event ev2, which has no located P pick" in skipped[0]["reason"]
     assert "XX.AAA" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"combine": "median"}, "--combine must be one of hybrid, weighted"),
+    ({"vp": 3.0, "vs": 3.5}, "vs must be below vp"),
+    ({"pick_std_s": (0.1, 0.0)}, "--pick_std_s must be two positive numbers"),
+    ({"model_error": -0.1}, "--model_error must be a fraction"),
+    ({"depth_correlation": 1.5}, "--depth_correlation must be in"),
+    ({"max_rms_s": 0.0}, "--max_rms_s must be > 0"),
+    ({"velocity_model": "no_such_model.txt"}, "--velocity_model file not found"),
+])
+def test_bad_origin_options_are_named(change, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        locate.check_origin_options(_config(**change))
