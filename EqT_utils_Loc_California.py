@@ -824,12 +824,78 @@ def conv_mixer_head(x, filters=512, depth=10, kernel_size=13, patch_size=10, dro
     return x
 
 
+# The variance head's log-variances (normalised-target units: degrees for the
+# lat/lon offsets, depth / (max_d - min_d) for depth) are clipped to this range.
+# exp(-12) is a std of 0.0025 (0.3 km in lat or depth), below any location
+# precision; exp(6) a std of 20, far above the whole target range. Outside it
+# the likelihood divides by ~0 or saturates, and a single trace can make the
+# loss infinite.
+LOG_VARIANCE_RANGE = (-12.0, 6.0)
+BETA_NLL = 0.5   # Seitzer et al. (2022): 0 is the plain Gaussian NLL, 1 weights like MSE
+
+
+@keras.saving.register_keras_serializable(package="utrans")
+class LogVarianceDense(layers.Dense):
+    """Dense layer whose outputs (log-variances) are clipped to :data:`LOG_VARIANCE_RANGE`."""
+
+    def call(self, inputs, training=None):
+        return keras.ops.clip(super().call(inputs), *LOG_VARIANCE_RANGE)
+
+
+def split_mean_log_variance(y_pred):
+    """(mean, log_variance) of an aleatoric model's (..., 6) output (``keras.ops``)."""
+    return y_pred[..., :3], y_pred[..., 3:]
+
+
+@keras.saving.register_keras_serializable(package="utrans")
+class BetaNLL(keras.losses.Loss):
+    """beta-NLL (Seitzer et al. 2022) of a [mean(3), log_variance(3)] prediction.
+
+    Per element ``0.5 * (log_var + (y - mu)^2 / var) * stop_gradient(var)^beta``,
+    averaged over the 3 targets (and, by Keras, over the batch). ``beta = 0``
+    is the Gaussian NLL, which lets the network explain hard traces by a large
+    variance and stop fitting their mean; the ``var^beta`` weight (no gradient)
+    gives them back part of the mean's gradient. ``beta = 0.5`` is the paper's
+    recommended compromise.
+    """
+
+    def __init__(self, beta=BETA_NLL, name="beta_nll", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.beta = float(beta)
+
+    def call(self, y_true, y_pred):
+        y_pred = keras.ops.cast(y_pred, "float32")
+        y_true = keras.ops.cast(y_true, "float32")
+        mean, log_var = split_mean_log_variance(y_pred)
+        var = keras.ops.exp(log_var)
+        nll = 0.5 * (log_var + keras.ops.square(y_true - mean) / var)
+        if self.beta:
+            nll = nll * keras.ops.power(keras.ops.stop_gradient(var), self.beta)
+        return keras.ops.mean(nll, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+def mean_absolute_error_of_mean(y_true, y_pred):
+    """MAE of the mean part of a [mean, log_variance] prediction (history column ``mae``)."""
+    mean, _ = split_mean_log_variance(keras.ops.cast(y_pred, "float32"))
+    return keras.ops.mean(keras.ops.abs(keras.ops.cast(y_true, "float32") - mean), axis=-1)
+
+
+def location_loss_and_metrics(aleatoric=False):
+    """compile()'s loss and metrics: MSE and MAE, or beta-NLL and the mean's MAE (``mae``)."""
+    if not aleatoric:
+        return "mse", ["mae"]
+    return BetaNLL(), [keras.metrics.MeanMetricWrapper(mean_absolute_error_of_mean, name="mae")]
+
+
 def build_location_model(input_shape=(6000, 3), foundation_weights=None,
                          convmixer_filters=PUBLISHED_HEAD["convmixer_filters"],
                          convmixer_depth=PUBLISHED_HEAD["convmixer_depth"],
                          convmixer_kernel=PUBLISHED_HEAD["convmixer_kernel"],
                          convmixer_patch=PUBLISHED_HEAD["convmixer_patch"],
-                         dropout=0.1, d1=5, foundation=None):
+                         dropout=0.1, d1=5, foundation=None, aleatoric=False):
     """U-Trans + ConvMixer location model (UTRANS_SPEC section 3).
 
     input (6000, 3) -> U-Trans encoder + transformer -> latent (75, 80) ->
@@ -851,6 +917,12 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
         First-stage width of the U-Trans encoder (5).
     foundation : keras.Model, optional
         A foundation model to build on (its weights are shared).
+    aleatoric : bool
+        Add the variance head: a second Dense(3) on the pooled features,
+        ``log_variance`` (float32, clipped to :data:`LOG_VARIANCE_RANGE`); the
+        output is then ``mean_and_log_variance``, [mean(3), log_variance(3)],
+        trained with :class:`BetaNLL`. Every other layer keeps its name and
+        order; False builds exactly the published model.
 
     Returns
     -------
@@ -871,5 +943,8 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
     x = layers.GlobalAveragePooling1D()(x)
     x = layers.Flatten()(x)
     outputs = layers.Dense(3, name="output_layer", dtype="float32")(x)
+    if aleatoric:
+        log_var = LogVarianceDense(3, name="log_variance", dtype="float32")(x)
+        outputs = layers.Concatenate(name="mean_and_log_variance",
+                                     dtype="float32")([outputs, log_var])
     return keras.Model(foundation.input, outputs, name="utrans_convmixer_location")
-

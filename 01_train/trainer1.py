@@ -69,7 +69,8 @@ def trainer1(input_hdf5=None,
              bandpass=False,
              mixed_precision="off",
              jit_compile=None,
-             allow_overlap=False):
+             allow_overlap=False,
+             aleatoric=False):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters

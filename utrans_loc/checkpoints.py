@@ -1,7 +1,7 @@
 """Location checkpoints: the model configuration saved beside them, and loading them.
 
 trainer1 writes ``models/model_config.json`` next to its checkpoints (head
-size, depth range, normalisation, band-pass); :func:`model_settings` reads it
+size, depth range, normalisation, band-pass, variance head); :func:`model_settings` reads it
 back (or infers the head from an upstream Keras 2 file) so the tester, and
 anything else that predicts, rebuilds exactly the trained model with
 :func:`build_from_checkpoint`. :func:`load_location_weights` refuses, naming
@@ -93,13 +93,48 @@ def _keras3_weight_shapes(path):
     return shapes
 
 
+# Keras 3 stores a layer's arrays under its class name: the variance head's
+# LogVarianceDense is ``layers/log_variance_dense`` in a .weights.h5 file.
+VARIANCE_HEAD_GROUP = "log_variance_dense"
+
+
+def has_variance_head(path):
+    """True when the weights file ``path`` holds a variance head (trained with --aleatoric)."""
+    if is_legacy_h5(path):
+        return False
+    with h5py.File(path, "r") as fh:
+        return "layers" in fh and VARIANCE_HEAD_GROUP in fh["layers"]
+
+
+def model_has_variance_head(model):
+    """True for a location model built with ``aleatoric=True``."""
+    return any(layer.name == "log_variance" for layer in model.layers)
+
+
+def check_variance_head(model, path, what="--input_model"):
+    """Refuse, naming the file, a checkpoint whose variance head the model does not match."""
+    in_file, in_model = has_variance_head(path), model_has_variance_head(model)
+    if in_model and not in_file:
+        raise ub.WeightsFileError(
+            f"{what} {path}: has no variance head (log_variance): it was not trained with "
+            "--aleatoric, so it cannot be resumed or loaded as an aleatoric model")
+    if in_file and not in_model:
+        config = Path(path).resolve().parent / MODEL_CONFIG_NAME
+        why = ("does not say so ('aleatoric': true)" if config.is_file() else "is missing")
+        raise ub.WeightsFileError(
+            f"{what} {path}: has a variance head (trained with --aleatoric) but its "
+            f"model_config.json ({config}) {why}: keep trainer1's models/model_config.json "
+            "beside the weights")
+
+
 def load_location_weights(model, path):
     """Load a location checkpoint: trainer1's Keras 3 ``.weights.h5`` or an
     upstream Keras 2 ``.h5``. Fails with a message naming the file when it
-    does not fit the model."""
+    does not fit the model (a variance head in one and not the other among them)."""
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model weights file not found: {path}")
+    check_variance_head(model, path)
     if is_legacy_h5(path):
         return ub.load_legacy_h5_weights(model, path)
     saved = sorted(_keras3_weight_shapes(path))
@@ -129,7 +164,8 @@ MODEL_DEFAULTS = {"input_dimention": (6000, 3), "max_d": U.MAX_D, "min_d": U.MIN
 def model_settings(input_model, **given):
     """Model/label settings of a checkpoint: explicit values (not None), else the
     checkpoint's model_config.json (trainer1), else the Keras 2 file's shapes,
-    else :data:`MODEL_DEFAULTS` (the published model)."""
+    else :data:`MODEL_DEFAULTS` (the published model). ``aleatoric`` (the
+    variance head) comes from model_config.json only (False without it)."""
     saved = read_model_config(input_model)
     if not saved and is_legacy_h5(input_model):
         saved = infer_head_from_legacy_h5(input_model)
@@ -138,6 +174,7 @@ def model_settings(input_model, **given):
         value = given.get(key)
         cfg[key] = value if value is not None else saved.get(key, default)
     cfg["input_dimention"] = tuple(cfg["input_dimention"])
+    cfg["aleatoric"] = bool(saved.get("aleatoric", False))
     if not cfg["max_d"] > cfg["min_d"]:
         raise ValueError(f"max_d ({cfg['max_d']}) must be larger than min_d ({cfg['min_d']})")
     return cfg
@@ -155,5 +192,6 @@ def build_from_checkpoint(input_model, cfg, foundation_weights=None, mixed_preci
     with precision_policy(mixed_precision):
         model = U.build_location_model(tuple(cfg["input_dimention"]),
                                        foundation_weights=foundation_weights,
+                                       aleatoric=bool(cfg.get("aleatoric", False)),
                                        **{k: cfg[k] for k in HEAD_KEYS})
     return model, load_location_weights(model, input_model)

@@ -362,7 +362,8 @@ def locations_table(located, pred, settings, calibration=None):
     """
     table = located.assign(**prediction.location_columns(
         located["station_lat"].to_numpy(), located["station_lon"].to_numpy(), pred,
-        settings["max_d"], settings["min_d"]))
+        settings["max_d"], settings["min_d"],
+        names=[f"{r.network}.{r.station} P {r.p_time}" for r in located.itertuples()]))
     if calibration is not None:
         table = uncertainty.apply_calibration(table, calibration)
     distance, when = origin_time(table["p_time"], table["station_lat"], table["station_lon"],

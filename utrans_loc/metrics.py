@@ -116,6 +116,20 @@ def geodesic_km(lat1, lon1, lat2, lon2):
     return out / 1000.0
 
 
+def km_per_degree(lat):
+    """Kilometres per degree of latitude and of longitude at latitude ``lat`` (WGS84).
+
+    The meridional and prime-vertical radii of curvature: exact for small
+    offsets, which is what a std in degrees is turned into km with.
+    """
+    a, f = Geodesic.WGS84.a, Geodesic.WGS84.f
+    e2 = f * (2 - f)
+    phi = np.deg2rad(np.asarray(lat, float))
+    w = 1 - e2 * np.sin(phi) ** 2
+    per_rad = np.pi / 180 / 1000.0
+    return a * (1 - e2) / w ** 1.5 * per_rad, a / np.sqrt(w) * np.cos(phi) * per_rad
+
+
 def sample_spread_km(lat_samples, lon_samples):
     """Spread of Monte-Carlo epicentre samples, in km on the WGS84 ellipsoid.
 
@@ -292,11 +306,14 @@ def _k_for_level(quantity, level):
 
 
 def _uncertainty_pairs(df, errors):
-    """(quantity, predicted std, |error|) for every quantity with a std column."""
+    """(quantity, predicted std, |error|) for every quantity with a std column; rows
+    whose std is NaN (a non-finite predicted variance) are left out."""
     sc = df.loc[errors.index]
     for q, col in STD_COLUMNS.items():
         if col in sc.columns:
-            yield q, sc[col].to_numpy(float), np.abs(errors[q].to_numpy(float))
+            sigma = sc[col].to_numpy(float)
+            ok = ~np.isnan(sigma)
+            yield q, sigma[ok], np.abs(errors[q].to_numpy(float))[ok]
 
 
 def coverage_table(df, errors):

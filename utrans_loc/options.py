@@ -217,6 +217,13 @@ TRAIN_OPTIONS = (
            "without ids or origin times, the same epicentre, depth and magnitude) with the "
            "training split; the overlap is still written to X_report.txt. A trace named twice inside "
            "one split is always an error.", {"action": "store_true"}),
+    _flag("aleatoric", False,
+          "add a variance head (predicted log-variance per quantity, beta-NLL loss) for "
+          "per-trace error bars",
+          "Add the variance head: a second Dense(3) of log-variances beside ``output_layer`` "
+          "(float32, clipped), trained with beta-NLL (beta 0.5) instead of MSE; recorded in "
+          "model_config.json, so tester1 and the locator give ``*_std`` (aleatoric, plus the "
+          "Monte-Carlo spread when sampling). Off: the published model."),
 )
 
 

@@ -342,7 +342,8 @@ def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n, c
 
 def predict_samples(model, generator, n_samples=1, seed=None, progress=True, timings=None,
                     label="tester1"):
-    """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples.
+    """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples
+    (6 values instead of 3, [mean, log_variance], for a model with the variance head).
 
     ``generator`` is a :class:`BatchSource`; ``label`` names the progress bar.
 
@@ -393,7 +394,7 @@ def predict_samples(model, generator, n_samples=1, seed=None, progress=True, tim
     return pred[0] if n_samples == 1 else pred
 
 
-def location_columns(station_lat, station_lon, pred, max_d, min_d):
+def location_columns(station_lat, station_lon, pred, max_d, min_d, names=None):
     """The prediction columns of a results table, from model outputs and station coordinates.
 
     Parameters
@@ -401,31 +402,87 @@ def location_columns(station_lat, station_lon, pred, max_d, min_d):
     station_lat, station_lon : array_like, shape (N,)
         Station coordinates (degrees) of the N inputs.
     pred : numpy.ndarray
-        :func:`predict_samples`' output: (N, 3), or (n_samples, N, 3).
+        :func:`predict_samples`' output: (N, 3), or (n_samples, N, 3); a model
+        with the variance head (``aleatoric``) gives 6 values, [mean(3),
+        log_variance(3)], instead of 3.
     max_d, min_d : float
         The depth normalisation range (km) of the model.
+    names : sequence of str, optional
+        A name per input (trace id, station and pick time), for the warning
+        about a non-finite predicted variance.
 
     Returns
     -------
     dict
         Column name -> (N,) array, in table order: ``pred_event_lat``,
         ``pred_event_lon``, ``pred_depth_km`` (the sample mean), and with
-        samples their std (degrees, km) and ``pred_event_lat_std_km``,
-        ``pred_event_lon_std_km``, ``pred_epicentre_std_km``.
+        samples or a variance head their std (degrees, km) and
+        ``pred_event_lat_std_km``, ``pred_event_lon_std_km``,
+        ``pred_epicentre_std_km``. With a variance head each std is the total
+        ``sqrt(aleatoric^2 + epistemic^2)``: aleatoric from the predicted
+        variance (the mean of the sampled variances), epistemic the spread of
+        the sampled means (0 without sampling); the parts are beside it as
+        ``*_std_aleatoric`` and (with samples) ``*_std_epistemic``. A row
+        whose predicted variance is not finite gets NaN std (with a warning).
     """
     samples = pred if pred.ndim == 3 else pred[None]
+    aleatoric = samples.shape[-1] == 6
     station_lat, station_lon = np.asarray(station_lat), np.asarray(station_lon)
-    lat, lon, depth = np.stack([U.prediction_to_location(station_lat, station_lon, sample,
-                                                         max_d, min_d)
+    lat, lon, depth = np.stack([U.prediction_to_location(station_lat, station_lon,
+                                                         sample[:, :3], max_d, min_d)
                                 for sample in samples], axis=1)
     out = {"pred_event_lat": lat.mean(axis=0), "pred_event_lon": lon.mean(axis=0),
            "pred_depth_km": depth.mean(axis=0)}
-    if pred.ndim == 3:
-        out.update(pred_event_lat_std=lat.std(axis=0), pred_event_lon_std=lon.std(axis=0),
-                   pred_depth_km_std=depth.std(axis=0))
-        (out["pred_event_lat_std_km"], out["pred_event_lon_std_km"],
-         out["pred_epicentre_std_km"]) = metrics.sample_spread_km(lat, lon)
+    sampled = pred.ndim == 3
+    if not sampled and not aleatoric:
+        return out
+    if sampled:
+        north_km, east_km, _ = metrics.sample_spread_km(lat, lon)
+        epistemic = std_columns(lat.std(axis=0), lon.std(axis=0), depth.std(axis=0),
+                                north_km, east_km)
+        if not aleatoric:
+            out.update(epistemic)
+            return out
+    lat_std, lon_std, depth_std = aleatoric_std(samples, max_d, min_d)
+    per_lat, per_lon = metrics.km_per_degree(out["pred_event_lat"])
+    parts = {"aleatoric": std_columns(lat_std, lon_std, depth_std, lat_std * per_lat,
+                                      lon_std * per_lon)}
+    if sampled:
+        parts["epistemic"] = epistemic
+    total = {c: np.sqrt(sum(part[c] ** 2 for part in parts.values())) for c in parts["aleatoric"]}
+    total["pred_epicentre_std_km"] = np.hypot(total["pred_event_lat_std_km"],
+                                              total["pred_event_lon_std_km"])
+    columns = {**total, **{f"{c}_{name}": v for name, part in parts.items()
+                           for c, v in part.items()}}
+    bad = ~np.all(np.isfinite(samples[..., 3:]), axis=(0, 2))
+    if bad.any():
+        which = [str(names[i]) if names is not None else f"input {i}" for i in np.flatnonzero(bad)]
+        print(f"warning: {bad.sum()} prediction(s) with a NaN or infinite variance (std columns "
+              f"set to NaN): {', '.join(which[:10])}{' ...' if len(which) > 10 else ''}",
+              file=sys.stderr)
+    out.update({c: np.where(bad, np.nan, v) for c, v in columns.items()})
     return out
+
+
+def std_columns(lat_deg, lon_deg, depth_km, north_km, east_km):
+    """The std columns of one kind of spread, in table order (epicentre: north and east)."""
+    return {"pred_event_lat_std": lat_deg, "pred_event_lon_std": lon_deg,
+            "pred_depth_km_std": depth_km, "pred_event_lat_std_km": north_km,
+            "pred_event_lon_std_km": east_km, "pred_epicentre_std_km": np.hypot(north_km,
+                                                                                east_km)}
+
+
+def aleatoric_std(samples, max_d, min_d):
+    """Aleatoric std of lat, lon (degrees) and depth (km) from (n_samples, N, 6) outputs.
+
+    The variance of each quantity is the mean of its sampled variances
+    ``exp(log_variance)`` (in target units: degrees^2 for the lat/lon offsets,
+    depth normalised by ``max_d - min_d``, so the depth std is scaled by it).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        var = np.exp(np.asarray(samples[..., 3:], np.float64)).mean(axis=0)
+    std = np.sqrt(var)
+    return std[:, 0], std[:, 1], std[:, 2] * (max_d - min_d)
 
 
 def results_table(meta, pred, max_d, min_d):
@@ -437,7 +494,8 @@ def results_table(meta, pred, max_d, min_d):
     out = meta[["trace_name", "station_lat", "station_lon", "event_lat", "event_lon",
                 "depth_km"]].copy()
     out = out.assign(**location_columns(meta["station_lat"].to_numpy(),
-                                        meta["station_lon"].to_numpy(), pred, max_d, min_d))
+                                        meta["station_lon"].to_numpy(), pred, max_d, min_d,
+                                        names=meta["trace_name"].to_numpy()))
     extra = [c for c in meta.columns if c not in out.columns]
     return out.join(meta[extra])
 

@@ -24,7 +24,8 @@ import numpy as np
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
 from utrans_loc import devices, files, options, run_state, splits
-from utrans_loc.checkpoints import HEAD_KEYS, MODEL_CONFIG_NAME, write_model_config
+from utrans_loc.checkpoints import (HEAD_KEYS, MODEL_CONFIG_NAME, check_variance_head,
+                                    write_model_config)
 from utrans_loc.figures import plot_history
 from utrans_loc.options import MODES
 from utrans_loc.traces import TraceError, check_max_preload_gb, check_preload
@@ -212,9 +213,10 @@ def build_model(cfg, weights, run_):
     with devices.distribution_scope(cfg.multi_gpu, cfg.number_of_gpus), \
             devices.precision_policy(cfg.mixed_precision):
         model = U.build_location_model(tuple(cfg.input_dimention), foundation_weights=weights,
-                                       **cfg.head)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse",
-                      metrics=["mae"],
+                                       aleatoric=cfg.aleatoric, **cfg.head)
+        loss, metrics = U.location_loss_and_metrics(cfg.aleatoric)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
+                      metrics=metrics,
                       jit_compile="auto" if cfg.jit_compile is None else bool(cfg.jit_compile))
         # Built now, not in the first step: tf.function traces a step that creates
         # variables twice (about 20 s for this model on a CPU), and a resume needs
@@ -223,7 +225,9 @@ def build_model(cfg, weights, run_):
         if not cfg.multi_gpu:   # under a strategy Keras builds them before the first step
             build_metrics(model)
         if run_.state:
-            model.load_weights(os.path.join(run_.state_dir, run_.state["weights"]))
+            state_weights = os.path.join(run_.state_dir, run_.state["weights"])
+            check_variance_head(model, state_weights, "--resume: the run's state")
+            model.load_weights(state_weights)
     return model
 
 
@@ -237,7 +241,7 @@ def build_metrics(model):
     reset at the start of every epoch.
     """
     row = np.zeros((1, 3), dtype="float32")
-    model.compute_metrics(None, row, row)
+    model.compute_metrics(None, row, np.zeros((1, model.output.shape[-1]), dtype="float32"))
     model.reset_metrics()
 
 
@@ -252,7 +256,8 @@ def write_run_files(cfg, run_):
     write_model_config(os.path.join(run_.models_dir, MODEL_CONFIG_NAME),
                        input_dimention=list(cfg.input_dimention), max_d=cfg.max_d,
                        min_d=cfg.min_d, normalization_mode=cfg.normalization_mode,
-                       bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision, **cfg.head,
+                       bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision,
+                       aleatoric=bool(cfg.aleatoric), **cfg.head,
                        trained_on={"input_hdf5": os.path.abspath(cfg.input_hdf5),
                                    "input_trainset": os.path.abspath(cfg.input_trainset),
                                    "input_validset": os.path.abspath(cfg.input_validset)})
