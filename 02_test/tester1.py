@@ -88,7 +88,10 @@ def tester1(input_hdf5=None,
         (degrees), ``pred_depth_km_std``, ``pred_event_lat_std_km``,
         ``pred_event_lon_std_km`` and ``pred_epicentre_std_km`` (RMS radial
         scatter of the epicentre). Off: one deterministic pass, exactly
-        ``model.predict``.
+        ``model.predict``. A model trained with ``--aleatoric`` (its
+        model_config.json says so) adds its predicted variance: the std
+        columns are then the total, with ``*_std_aleatoric`` and (when
+        sampling) ``*_std_epistemic`` beside them; see docs/uncertainty.md.
     number_of_sampling : int
         Forward passes per trace with ``estimate_uncertainty``.
     normalization_mode : {'std', 'max'} or None
