@@ -433,12 +433,6 @@ def combine_estimates(rows, sampled):
     return out
 
 
-def km_per_degree(lat, lon):
-    """Kilometres per degree of latitude and of longitude at (lat, lon), WGS84."""
-    return (float(metrics.geodesic_km(lat - 0.5, lon, lat + 0.5, lon)[()]),
-            float(metrics.geodesic_km(lat, lon - 0.5, lat, lon + 0.5)[()]))
-
-
 def resource_key(text):
     """``text`` as a part of a QuakeML resource id: itself where every character is
     allowed there, else with the others replaced by ``_`` and a short hash of the
@@ -655,7 +649,7 @@ def weighted_origin(rows, s_rows, sampled, key, info, time_note):
         comments=[Comment(text=f"preferred origin: {best['method']}"),
                   Comment(text=time_note.replace("P time", "the mean over stations of "
                                                            "P time"))])
-    per_lat, per_lon = km_per_degree(best["latitude"], best["longitude"])
+    per_lat, per_lon = (float(k) for k in metrics.km_per_degree(best["latitude"]))
     set_errors(origin, best["latitude_std"], best["longitude_std"], best["depth_km_std"],
                best["latitude_std"] * per_lat, best["longitude_std"] * per_lon)
     return origin, {

@@ -273,7 +273,7 @@ class Plane:
 
     def __init__(self, lat0, lon0):
         self.lat0, self.lon0 = float(lat0), float(lon0)
-        self.km_lat, self.km_lon = km_per_degree(lat0, lon0)
+        self.km_lat, self.km_lon = (float(k) for k in metrics.km_per_degree(lat0))
 
     def xy(self, lat, lon):
         east = (np.asarray(lon, float) - self.lon0 + 180.0) % 360.0 - 180.0   # across 180 deg
@@ -281,12 +281,6 @@ class Plane:
 
     def latlon(self, x, y):
         return self.lat0 + y / self.km_lat, (self.lon0 + x / self.km_lon + 180.0) % 360.0 - 180.0
-
-
-def km_per_degree(lat, lon):
-    """Kilometres per degree of latitude and of longitude at (lat, lon), WGS84."""
-    return (float(metrics.geodesic_km(lat - 0.5, lon, lat + 0.5, lon)[()]),
-            float(metrics.geodesic_km(lat, lon - 0.5, lat, lon + 0.5)[()]))
 
 
 class Posterior:
