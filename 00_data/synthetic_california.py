@@ -688,18 +688,17 @@ def make_network_events(output_hdf5, output_dir, n_events=200, n_stations=6, see
                          "event_lat": lat, "event_lon": lon, "depth_km": depth,
                          "origin_time": str(origin), "p_time": str(p_time),
                          "s_time": str(s_time)})
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    tmp = paths["hdf5"].with_name(f".{paths['hdf5'].name}.tmp{os.getpid()}")
-    try:
+    from utrans_loc import files
+
+    def write_traces(tmp):
         with h5py.File(tmp, "w") as f:
             for name, (trace, attrs) in data.items():
                 group = f.create_group(name)
                 group.create_dataset("data", data=trace)
                 group.attrs.update(attrs)
-        os.replace(tmp, paths["hdf5"])
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    files.atomic_save(paths["hdf5"], write_traces)
     np.save(paths["ids"], np.array(list(data), dtype=str))
     pd.DataFrame(rows).to_csv(paths["arrivals"], index=False)
     return {**{k: str(v) for k, v in paths.items()}, "n_events": n_events,

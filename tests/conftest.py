@@ -276,3 +276,22 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "trained" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def full_disk_at_second_history_write():
+    """A stand-in for ``files.atomic_write_text`` whose second write of a history.csv
+    fails as a full disk does (ENOSPC); every other write goes through."""
+    import errno
+
+    from utrans_loc import files
+
+    original, calls = files.atomic_write_text, {"history": 0}
+
+    def write(path, text):
+        if str(path).endswith("history.csv"):
+            calls["history"] += 1
+            if calls["history"] == 2:
+                raise OSError(errno.ENOSPC, f"could not write {path} (No space left on device)")
+        return original(path, text)
+
+    return write

@@ -1,7 +1,6 @@
 """The variance head (trainer1 --aleatoric): model, beta-NLL loss, checkpoints, resume and
 the std columns of tester1 and the locator."""
 
-import errno
 import json
 import os
 import re
@@ -10,10 +9,11 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMALL_HEAD, child_env, run_script, tiny_training, working_dir
+from conftest import (SMALL_HEAD, child_env, full_disk_at_second_history_write, run_script,
+                      tiny_training, working_dir)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, devices, files, metrics, prediction, run_state
+from utrans_loc import checkpoints, devices, metrics, prediction, run_state
 import tester1 as te
 import trainer1 as tr
 
@@ -227,15 +227,7 @@ def test_beta_nll_and_the_variance_head_under_jax():
 
 def _interrupted_run(synthetic, tmp_path, monkeypatch, name, **changes):
     """A 2-epoch run stopped after epoch 1 (the second history.csv write fails)."""
-    original = files.atomic_write_text
-    calls = {"history": 0}
-
-    def flaky(path, text):
-        if str(path).endswith("history.csv"):
-            calls["history"] += 1
-            if calls["history"] == 2:
-                raise OSError(errno.ENOSPC, f"could not write {path} (No space left on device)")
-        return original(path, text)
+    flaky = full_disk_at_second_history_write()
 
     train = tmp_path / "train16.npy"
     np.save(train, np.load(synthetic["train"])[:16])

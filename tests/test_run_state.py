@@ -1,7 +1,6 @@
 """utrans_loc/run_state.py (with the resume steps of utrans_loc/training.py): the NaN
 guard, kill-and-resume from the saved state, best checkpoints of an interrupted epoch."""
 
-import errno
 import json
 import os
 import signal
@@ -12,10 +11,11 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_HEAD, TRAIN, run_main, start_script, working_dir
+from conftest import (ROOT, SMALL_HEAD, TRAIN, full_disk_at_second_history_write, run_main,
+                      start_script, working_dir)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import files, run_state, training
+from utrans_loc import run_state, training
 import trainer1 as tr
 
 
@@ -207,15 +207,7 @@ def test_a_state_json_naming_a_file_elsewhere_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_at_history_csv_loses_no_earlier_epoch(synthetic, tmp_path, monkeypatch):
-    original = files.atomic_write_text
-    calls = {"history": 0}
-
-    def flaky(path, text):
-        if str(path).endswith("history.csv"):
-            calls["history"] += 1
-            if calls["history"] == 2:
-                raise OSError(errno.ENOSPC, f"could not write {path} (No space left on device)")
-        return original(path, text)
+    flaky = full_disk_at_second_history_write()
 
     monkeypatch.setattr(run_state, "atomic_write_text", flaky)
     train = tmp_path / "train16.npy"   # 2 batches an epoch: what matters is the second write
