@@ -121,18 +121,20 @@ def tester1(input_hdf5=None,
     calibration_set : str or None
         ``.npy`` of labeled trace ids in ``input_hdf5`` (e.g. the validation
         split ``valid_Events.npy``, never the test split) on which the
-        Monte-Carlo spread is calibrated: it is sampled first (same
+        predicted std (the Monte-Carlo spread; with a variance head the
+        total) is calibrated: it is predicted first (same
         ``number_of_sampling`` and ``seed``), one std factor per quantity
         (lat, lon, depth) is fitted so that the 1- and 2-sigma intervals
         cover the truth as often as a Gaussian's
         (:func:`utrans_loc.uncertainty.fit_calibration`), written to
         ``<output_name>_outputs/calibration.json`` and applied to the test
         predictions: the ``*_std`` columns are then calibrated and the raw
-        spread is kept in ``*_std_raw``. Needs ``estimate_uncertainty``.
+        spread is kept in ``*_std_raw``. Needs ``estimate_uncertainty`` or a
+        model trained with ``--aleatoric``.
     calibration : str or None
         A saved ``calibration.json`` to apply instead of fitting one; refused
-        when fitted on another model file. Needs ``estimate_uncertainty``;
-        not together with ``calibration_set``.
+        when fitted on another model file. Needs ``estimate_uncertainty`` or
+        a variance head; not together with ``calibration_set``.
 
     input_trainset, input_validset : str or None
         The training and validation splits (ids in ``input_hdf5``) to check

@@ -37,8 +37,10 @@ def reader(input, output_dir=None, figures=True):
     -------
     dict
         ``n_total``, ``n_scored``, ``metrics``, ``baseline``, ``coverage``
-        (only with Monte-Carlo std columns; with a ``spread`` column, raw |
-        calibrated, when the tester calibrated them) and ``breakdown`` (DataFrames,
+        (only with std columns; with a ``spread`` column, raw | calibrated,
+        when the tester calibrated them; for a model with a variance head
+        the total std), ``ranking`` (a variance head's model only: Spearman
+        std vs |error| of each part and the total) and ``breakdown`` (DataFrames,
         None when nothing is scorable), ``uncertainty`` (predicted-std summary
         over all traces, labeled or not; None without std columns), ``paths``
         (files written), ``message`` (why nothing was scored, else None) and
@@ -58,7 +60,7 @@ def reader(input, output_dir=None, figures=True):
     df = lm.read_results(os.path.join(input, RESULTS_NAME))
     errors = lm.location_errors(df)
     out = {'n_total': len(df), 'n_scored': len(errors), 'metrics': None,
-           'baseline': None, 'coverage': None, 'breakdown': None,
+           'baseline': None, 'coverage': None, 'ranking': None, 'breakdown': None,
            'uncertainty': lm.uncertainty_summary(df), 'paths': [], 'message': None,
            'overlap': None}
     if len(errors) == 0:
@@ -78,10 +80,12 @@ def reader(input, output_dir=None, figures=True):
     else:
         out['coverage'] = lm.coverage_table(df, errors)
         reliability = lm.reliability_curve(df, errors)
+    out['ranking'] = lm.ranking_table(df, errors)
     out['breakdown'] = lm.breakdown_table(df, errors, baseline_errors)
     out['paths'] = lm.write_metrics(out['metrics'], output_dir, baseline=out['baseline'],
                                     coverage=out['coverage'], breakdown=out['breakdown'],
-                                    reliability=reliability, overlap=out['overlap'])
+                                    reliability=reliability, overlap=out['overlap'],
+                                    ranking=out['ranking'])
     if figures:
         out['paths'] += make_figures(df, errors, os.path.join(output_dir, 'figures'),
                                         reliability=reliability, breakdown=out['breakdown'])
@@ -108,6 +112,9 @@ def _report(res):
             print('spread: raw = Monte-Carlo std (*_std_raw), calibrated = scaled by the '
                   "tester's calibration (*_std)")
         print(lm.format_table(res['coverage']))
+    if res['ranking'] is not None:
+        print('\nwhich part of the error bar ranks the errors (Spearman std vs |error|):')
+        print(lm.format_table(res['ranking']))
     print('\nconstant predictor (test-set mean offset, optimistic):')
     print(lm.format_table(res['baseline']))
     print('\nmodel:' + (f" ({lm.OVERLAP_MARK}: {res['overlap']})" if res['overlap'] else ''))

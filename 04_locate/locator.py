@@ -113,13 +113,14 @@ def locator(input_waveforms=None,
         QuakeML origins their uncertainties; the multi-station origin
         weights each station by them (else by ``DEFAULT_SPREAD_KM`` of
         :mod:`utrans_loc.origins` for ``hybrid``; for ``weighted``, the
-        plain mean).
+        plain mean). A model trained with ``--aleatoric`` gives std columns
+        without sampling too (its predicted variance; with sampling the total).
     number_of_sampling : int
         Passes per pick with ``estimate_uncertainty``.
     calibration : str or None
         A ``calibration.json`` fitted by tester1 on this very model file:
         scales the std (the raw spread kept as ``*_std_raw``). Needs
-        ``estimate_uncertainty``.
+        ``estimate_uncertainty`` or a model trained with ``--aleatoric``.
     seed : int or None
         Seed of the Monte-Carlo sampling.
     batch_size : int

@@ -13,7 +13,7 @@ from conftest import (SMALL_HEAD, child_env, full_disk_at_second_history_write, 
                       tiny_training, working_dir)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, devices, metrics, prediction, run_state
+from utrans_loc import checkpoints, devices, locate, metrics, prediction, run_state
 import tester1 as te
 import trainer1 as tr
 
@@ -274,6 +274,22 @@ def test_aleatoric_training_resume_and_the_tester_columns(synthetic, tmp_path, m
     assert "pred_depth_km_std_epistemic" not in single
     np.testing.assert_array_equal(single["pred_depth_km_std"],
                                   single["pred_depth_km_std_aleatoric"])
+    # calibrated without sampling: the factors fit the variance head's std (the total)
+    valid = tmp_path / "valid.npy"
+    np.save(valid, np.load(synthetic["valid"])[:12])
+    with working_dir(tmp_path):
+        fitted = te.tester1(input_hdf5=synthetic["hdf5"], input_testset=str(ids),
+                            input_model=best, output_name="cal", batch_size=5,
+                            calibration_set=str(valid), verbose=0)
+    calibration = json.loads((tmp_path / "cal_outputs" / "calibration.json").read_text())
+    assert calibration["number_of_sampling"] == 1
+    assert calibration["n_traces"] == len(np.load(valid)) > 2
+    factor = calibration["factors"]["depth"]
+    table = fitted["results"]
+    np.testing.assert_allclose(table["pred_depth_km_std_raw"], single["pred_depth_km_std"])
+    np.testing.assert_allclose(table["pred_depth_km_std"], factor * single["pred_depth_km_std"])
+    np.testing.assert_array_equal(table["pred_depth_km_std_aleatoric"],
+                                  single["pred_depth_km_std_aleatoric"])
     model, _ = checkpoints.build_from_checkpoint(best, checkpoints.model_settings(best))
     x = U.DataGeneratorPrediction(np.load(ids), synthetic["hdf5"], batch_size=10)[0][0]
     log_var = np.asarray(model.predict_on_batch(x), float)[:, 5]
@@ -311,8 +327,6 @@ def test_coverage_leaves_out_rows_whose_std_is_nan():
 def test_the_locator_table_takes_the_variance_head_and_names_a_bad_pick(capsys):
     from obspy import UTCDateTime
 
-    from utrans_loc import locate
-
     lat, lon = _station()
     located = pd.DataFrame({"network": ["CI", "CI"], "station": ["AAA", "BBB"],
                             "location": ["", ""], "p_time": [UTCDateTime(2020, 1, 1)] * 2,
@@ -324,3 +338,98 @@ def test_the_locator_table_takes_the_variance_head_and_names_a_bad_pick(capsys):
     assert "CI.BBB P 2020-01-01" in capsys.readouterr().err
     np.testing.assert_allclose(table["pred_event_lat_std"], [0.1, np.nan])
     assert "pred_depth_km_std_aleatoric" in table and np.isfinite(table["pred_event_lat"]).all()
+
+
+def _parts_frame(n=40):
+    """Results whose errors grow with row number; the aleatoric std grows with them, the
+    epistemic std shrinks, and the total is their quadrature sum."""
+    from conftest import results_frame
+
+    df = results_frame(n)
+    grow = np.linspace(0.01, 0.4, n)
+    df["pred_event_lat"] += grow
+    df["pred_event_lon"] -= grow
+    df["pred_depth_km"] += 10 * grow
+    columns = {}
+    for col, scale in (("pred_event_lat_std", 1.0), ("pred_event_lon_std", 1.0),
+                       ("pred_depth_km_std", 20.0), ("pred_epicentre_std_km", 150.0)):
+        columns[col + "_aleatoric"] = scale * grow
+        columns[col + "_epistemic"] = scale * 0.05 * grow[::-1]
+        columns[col] = np.hypot(columns[col + "_aleatoric"], columns[col + "_epistemic"])
+    return df.assign(**columns)
+
+
+def test_the_ranking_table_scores_each_part_and_the_total():
+    df = _parts_frame()
+    table = metrics.ranking_table(df, metrics.location_errors(df))
+    assert list(table.columns) == list(metrics.RANKING_COLUMNS)
+    assert list(table["quantity"]) == [q for q in metrics.STD_COLUMNS for _ in range(3)]
+    assert list(table["std"]) == ["epistemic", "aleatoric", "total"] * 4
+    rho = table.set_index(["quantity", "std"])["spearman_std_abs_error"]
+    for q in metrics.STD_COLUMNS:
+        assert rho[q, "aleatoric"] == pytest.approx(1.0)
+        assert rho[q, "epistemic"] == pytest.approx(-1.0)
+        assert rho[q, "total"] > 0.9      # dominated by the aleatoric part
+    mean = table.set_index(["quantity", "std"])["mean_std"]
+    assert mean["depth_km", "epistemic"] == pytest.approx(df["pred_depth_km_std_epistemic"].mean())
+    # a model without a variance head: no parts, no table
+    plain = df.drop(columns=[c for c in df if c.endswith(("_aleatoric", "_epistemic"))])
+    assert metrics.std_parts(plain) == [] and metrics.ranking_table(
+        plain, metrics.location_errors(plain)) is None
+    # without sampling: the aleatoric part and the total only
+    single = df.drop(columns=[c for c in df if c.endswith("_epistemic")])
+    assert list(metrics.ranking_table(single, metrics.location_errors(single))["std"][:2]) == \
+        ["aleatoric", "total"]
+
+
+def test_the_reader_writes_the_ranking_and_the_reliability_of_the_total(tmp_path, capsys):
+    import reader as rd
+
+    df = _parts_frame()
+    df.to_csv(tmp_path / metrics.RESULTS_NAME, index=False)
+    res = rd.reader(str(tmp_path))
+    parts = pd.read_csv(tmp_path / "uncertainty_parts.csv")
+    assert len(parts) == 12 and set(parts["std"]) == {"epistemic", "aleatoric", "total"}
+    md = (tmp_path / "metrics.md").read_text()
+    assert "## Which part of the error bar ranks the errors" in md
+    assert "the total std: predicted variance" in md
+    # the reliability diagram is the total's: its coverage is that of the *_std columns
+    curve = pd.read_csv(tmp_path / "reliability.csv")
+    row = curve[curve["quantity"] == "depth_km"].iloc[9]
+    errors = metrics.location_errors(df)
+    k = metrics._k_for_level("depth_km", row["expected"])
+    assert row["observed"] == pytest.approx(
+        np.mean(np.abs(errors["depth_km"]) <= k * df["pred_depth_km_std"]))
+    assert row["observed"] != pytest.approx(
+        np.mean(np.abs(errors["depth_km"]) <= k * df["pred_depth_km_std_epistemic"]))
+    assert (tmp_path / "figures" / "reliability.png").stat().st_size > 0
+    rd._report(res)
+    assert "which part of the error bar ranks the errors" in capsys.readouterr().out
+
+
+def test_the_locator_weights_stations_by_the_variance_heads_std():
+    """No sampling, a variance head: the std columns weight the stations (weighted and
+    hybrid); a NaN std (non-finite variance) falls back to the default spread."""
+    from test_locate_network import _config, _event_table
+
+    truth, table, s_picks = _event_table()
+    table.loc[1:, "pred_event_lat"] += 0.2           # two stations 22 km off, with large std
+    std_deg = np.array([0.01, 0.3, 0.3])
+    table = table.assign(pred_event_lat_std=std_deg, pred_event_lon_std=std_deg,
+                         pred_depth_km_std=[1.0, 10.0, 10.0],
+                         pred_event_lat_std_km=std_deg * 111, pred_event_lon_std_km=std_deg * 90,
+                         pred_epicentre_std_km=std_deg * 143)
+    config = _config(combine="weighted")
+    assert config.estimate_uncertainty is False
+    _, weighted = locate.build_catalog(table, config, {}, s_picks.iloc[:0])
+    assert weighted["latitude"][0] == pytest.approx(truth["lat"], abs=0.002)
+    _, plain = locate.build_catalog(table.drop(columns=[c for c in table if "_std" in c]),
+                                    config, {}, s_picks.iloc[:0])
+    assert plain["latitude"][0] == pytest.approx(truth["lat"] + 0.133, abs=0.01)
+    table.loc[0, ["pred_event_lat_std_km", "pred_depth_km_std"]] = np.nan
+    catalog, hybrid = locate.build_catalog(table, _config(), {}, s_picks)
+    assert np.isfinite(hybrid.loc[0, ["latitude", "longitude", "depth_km"]].astype(float)).all()
+    assert float(metrics.geodesic_km(truth["lat"], truth["lon"], hybrid["latitude"][0],
+                                     hybrid["longitude"][0])[()]) < 2.0
+    assert "predicted error bars" in " ".join(c.text for c in
+                                               catalog[0].preferred_origin().comments)

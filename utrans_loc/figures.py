@@ -134,7 +134,7 @@ def _reliability_comparison_figure(plt, curve, path):
     cols = min(len(quantities), 2)
     rows = -(-len(quantities) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
-    style = {'raw': dict(ls='--', marker='o', color='tab:red', label='raw Monte-Carlo std'),
+    style = {'raw': dict(ls='--', marker='o', color='tab:red', label='raw std'),
              'calibrated': dict(ls='-', marker='s', color='tab:blue', label='calibrated std')}
     for ax, q in zip(axes.ravel(), quantities):
         for spread, part in curve[curve['quantity'] == q].groupby('spread', sort=False):

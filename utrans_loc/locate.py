@@ -53,6 +53,9 @@ S_PICK_COLUMNS = ("network", "station", "location", "time", "event_id", "phase",
                   "station_lat", "station_lon", "station_elevation_m")
 RESOURCE_PREFIX = "smi:local/utrans_loc"
 EVENTS_CSV_NAME = "events.csv"
+# locations.csv has std columns when the picks have error bars (Monte-Carlo
+# sampling, a variance head or both); the combinations weight by them then.
+HAS_STD_COLUMN = "pred_depth_km_std"
 # A 1-sigma ellipse of a 2-D Gaussian holds 1 - exp(-1/2) of it.
 ELLIPSE_CONFIDENCE = 100.0 * (1.0 - math.exp(-0.5))
 
@@ -106,6 +109,7 @@ def run(cfg, model=None):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} file not found: {path}")
     settings = model_settings(cfg)
+    prediction.check_calibration_spread(cfg, settings)
     calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
     picks = waveforms.read_picks(cfg.input_picks)
     p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
@@ -398,10 +402,11 @@ COMBINED = (("latitude", "pred_event_lat"), ("longitude", "pred_event_lon"),
 def combine_estimates(rows, sampled):
     """The preferred origin of one event from its single-station estimates.
 
-    With Monte-Carlo spreads: per coordinate the inverse-variance weighted
-    mean (weights 1 / std^2 of each station's samples, calibrated when a
-    calibration was applied) and its uncertainty sqrt(1 / sum of weights).
-    Without (or where a spread is 0): the plain mean and the standard error
+    With error bars (``sampled``: the Monte-Carlo spread and/or the variance
+    head's std, calibrated when a calibration was applied): per coordinate
+    the inverse-variance weighted mean (weights 1 / std^2) and its
+    uncertainty sqrt(1 / sum of weights). Without (or where a std is 0 or
+    NaN): the plain mean and the standard error
     of the mean between stations (std, ddof 1, / sqrt(n)).
 
     Returns
@@ -425,8 +430,8 @@ def combine_estimates(rows, sampled):
             out[key] = float(np.mean(value))
             out[key + "_std"] = float(np.std(value, ddof=1) / math.sqrt(n))
     out["method"] = (
-        f"inverse-variance weighted mean of {n} single-station estimates (weights 1/std^2 of the "
-        "Monte-Carlo dropout spread per coordinate; uncertainty sqrt(1/sum of weights))"
+        f"inverse-variance weighted mean of {n} single-station estimates (weights 1/std^2 of "
+        "their predicted std per coordinate; uncertainty sqrt(1/sum of weights))"
         if weighted else
         f"mean of {n} single-station estimates (uncertainty: standard error of the mean "
         "between stations)")
@@ -504,7 +509,8 @@ def build_catalog(table, cfg, settings, s_picks=None):
         The catalog and ``events.csv``'s table (:data:`EVENT_COLUMNS`, one
         row per event: its preferred origin).
     """
-    sampled = cfg.estimate_uncertainty
+    # Error bars come from Monte-Carlo sampling, a variance head, or both.
+    sampled = HAS_STD_COLUMN in table.columns
     info = CreationInfo(author="utrans_loc locator", creation_time=UTCDateTime())
     model_name = os.path.basename(cfg.input_model)
     method = ResourceIdentifier(f"{RESOURCE_PREFIX}/method/utrans_convmixer_single_station")
@@ -568,7 +574,7 @@ def build_catalog(table, cfg, settings, s_picks=None):
 
 def hybrid_origin(rows, s_rows, cfg, model, event, key, info):
     """The preferred Origin of ``--combine hybrid`` and its events.csv row."""
-    best = origins.event_origin(rows, s_rows, model, cfg.estimate_uncertainty,
+    best = origins.event_origin(rows, s_rows, model, HAS_STD_COLUMN in rows.columns,
                                 cfg.pick_std_s, cfg.model_error,
                                 depth_correlation=cfg.depth_correlation)
     p_ids = [p.resource_id for p in event.picks if p.phase_hint == "P"]

@@ -33,6 +33,11 @@ STD_COLUMNS = {'lat_deg': 'pred_event_lat_std', 'lon_deg': 'pred_event_lon_std',
 COVERAGE_COLUMNS = ('quantity', 'n', 'mean_std', 'median_std', 'expected_1sigma',
                     'coverage_1sigma', 'expected_2sigma', 'coverage_2sigma',
                     'spearman_std_abs_error')
+# A model with a variance head (trainer1 --aleatoric) writes the parts of each
+# total std column beside it: <column>_aleatoric (predicted variance) and, when
+# sampled, <column>_epistemic (Monte-Carlo spread).
+STD_PARTS = ('aleatoric', 'epistemic')
+RANKING_COLUMNS = ('quantity', 'std', 'n', 'mean_std', 'spearman_std_abs_error')
 # A calibrated table (tester1 --calibration_set / --calibration) keeps the raw
 # Monte-Carlo spread of every std column in <column>_raw.
 RAW_SUFFIX = '_raw'
@@ -336,21 +341,69 @@ def coverage_table(df, errors):
         |error| (does a larger error bar mean a larger error?). None without
         std columns.
     """
-    from scipy.stats import spearmanr
-
     rows = []
     for q, sigma, abs_err in _uncertainty_pairs(df, errors):
-        # A rank correlation is undefined for constant input (e.g. zero errors).
-        varied = len(sigma) > 2 and np.ptp(sigma) > 0 and np.ptp(abs_err) > 0
-        rho = spearmanr(sigma, abs_err).statistic if varied else np.nan
         rows.append({'quantity': q, 'n': len(sigma), 'mean_std': sigma.mean(),
                      'median_std': np.median(sigma),
                      'expected_1sigma': float(expected_coverage(q, 1)),
                      'coverage_1sigma': float(np.mean(abs_err <= sigma)),
                      'expected_2sigma': float(expected_coverage(q, 2)),
                      'coverage_2sigma': float(np.mean(abs_err <= 2 * sigma)),
-                     'spearman_std_abs_error': float(rho)})
+                     'spearman_std_abs_error': _spearman(sigma, abs_err)})
     return pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS)) if rows else None
+
+
+def _spearman(sigma, abs_err):
+    """Spearman rank correlation of predicted std and |error|; NaN where undefined
+    (fewer than 3 rows, or a constant input such as zero errors)."""
+    from scipy.stats import spearmanr
+
+    varied = len(sigma) > 2 and np.ptp(sigma) > 0 and np.ptp(abs_err) > 0
+    return float(spearmanr(sigma, abs_err).statistic) if varied else float('nan')
+
+
+def std_parts(df):
+    """The parts of the std columns present in ``df`` (:data:`STD_PARTS`, in order)."""
+    return [part for part in STD_PARTS
+            if any(f'{col}_{part}' in df.columns for col in STD_COLUMNS.values())]
+
+
+def ranking_table(df, errors):
+    """How well each part of the error bar ranks the errors (a model with a variance head).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`read_results`: ``*_std`` (the total) with
+        ``*_std_aleatoric`` and, when sampled, ``*_std_epistemic`` beside it.
+    errors : pandas.DataFrame
+        Output of :func:`location_errors`.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Columns ``RANKING_COLUMNS``: per quantity (lat, lon, depth,
+        epicentre) the Spearman rank correlation between |error| and the
+        std of each part and of the total (``std``: 'epistemic',
+        'aleatoric', 'total'); a calibrated total is a scaled one, so it
+        ranks as the raw total. None for a table without parts (a model
+        without a variance head).
+    """
+    parts = std_parts(df)
+    if not parts:
+        return None
+    totals = [col for col in STD_COLUMNS.values() if col in df.columns]
+    views = {part: df.drop(columns=totals).assign(**{col: df[f'{col}_{part}'] for col in totals
+                                                     if f'{col}_{part}' in df.columns})
+             for part in reversed(parts)}
+    views['total'] = df
+    rows = [{'quantity': q, 'std': name, 'n': len(sigma), 'mean_std': sigma.mean(),
+             'spearman_std_abs_error': _spearman(sigma, abs_err)}
+            for name, view in views.items() for q, sigma, abs_err in _uncertainty_pairs(view, errors)]
+    order = {q: i for i, q in enumerate(STD_COLUMNS)}
+    table = pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
+    return table.sort_values('quantity', key=lambda q: q.map(order), kind='stable',
+                             ignore_index=True)
 
 
 def reliability_curve(df, errors, levels=np.linspace(0.05, 0.95, 19)):
@@ -528,7 +581,7 @@ def recorded_overlap(report_path):
 
 
 def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
-                  reliability=None, overlap=None):
+                  reliability=None, overlap=None, ranking=None):
     """Write the metric tables into ``out_dir`` atomically.
 
     Parameters
@@ -548,6 +601,8 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
         :func:`reliability_curve` -> ``reliability.csv``.
     overlap : str, optional
         :func:`recorded_overlap`: marks metrics.md "test set overlaps training".
+    ranking : pandas.DataFrame, optional
+        :func:`ranking_table` -> ``uncertainty_parts.csv``.
 
     All given tables also go into ``metrics.md``, with the model/baseline
     ratio of epicentral MAE.
@@ -576,15 +631,22 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
                   f"Epicentral MAE: model {m:.3f} km, baseline 0 km (ratio undefined)", '']
     if coverage is not None:
         paths.append(_write_csv(coverage, os.path.join(out_dir, 'uncertainty.csv')))
-        parts += ['## Predicted uncertainty (Monte-Carlo dropout)', '',
-                  'Fraction of traces whose truth lies within 1 and 2 predicted sigma, '
+        source = ('the total std: predicted variance (variance head) and Monte-Carlo spread'
+                  if ranking is not None else 'the Monte-Carlo standard deviation')
+        parts += ['## Predicted uncertainty', '',
+                  f'Fraction of traces whose truth lies within 1 and 2 predicted sigma ({source}), '
                   'next to the fraction a calibrated Gaussian gives (epicentre: 2-D radius); '
                   'Spearman correlation of predicted std with |error|.', '',
                   _markdown(coverage), '']
         if 'spread' in coverage.columns:
-            parts[-1:-1] = ['', 'spread: raw = the Monte-Carlo standard deviation '
-                            '(`*_std_raw`), calibrated = scaled by the factors of the '
-                            "tester's calibration (`*_std`)."]
+            parts[-1:-1] = ['', f'spread: raw = {source} (`*_std_raw`), calibrated = scaled by '
+                            "the factors of the tester's calibration (`*_std`)."]
+    if ranking is not None:
+        paths.append(_write_csv(ranking, os.path.join(out_dir, 'uncertainty_parts.csv')))
+        parts += ['## Which part of the error bar ranks the errors', '',
+                  'Spearman correlation of |error| with each part of the std: epistemic '
+                  '(Monte-Carlo spread, `*_std_epistemic`), aleatoric (predicted variance, '
+                  '`*_std_aleatoric`) and their total (`*_std`).', '', _markdown(ranking), '']
     if reliability is not None and len(reliability):
         paths.append(_write_csv(reliability, os.path.join(out_dir, 'reliability.csv')))
     if breakdown is not None and len(breakdown):

@@ -50,7 +50,7 @@ MODEL_ERROR = 0.03
 # bench/multistation.py; the horizontal ones do not correlate, -0.1 to 0):
 # n stations are not n independent depth measurements.
 DEPTH_CORRELATION = 0.85
-# Prior spread of a single-station estimate without Monte-Carlo error bars:
+# Prior spread of a single-station estimate without error bars (no sampling, no variance head):
 # wide enough that arrival times decide wherever they can (north, east, depth).
 DEFAULT_SPREAD_KM = (30.0, 30.0, 15.0)
 MAX_RMS_S = 1.0
@@ -516,7 +516,8 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
         The event's S picks (``time``, station coordinates).
     model : HalfSpace or LayeredModel
     sampled : bool
-        The estimates have Monte-Carlo error bars; else each gets
+        The estimates have error bars (Monte-Carlo spread and/or a variance
+        head's std); else, and where one is NaN, they get
         :data:`DEFAULT_SPREAD_KM`.
     pick_std_s : (float, float)
         Pick errors of P and S (s).
@@ -541,7 +542,11 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
         spread = {"lat_std_km": p_rows["pred_event_lat_std_km"].to_numpy(float),
                   "lon_std_km": p_rows["pred_event_lon_std_km"].to_numpy(float),
                   "depth_std_km": p_rows["pred_depth_km_std"].to_numpy(float)}
-        prior = "each station's estimate weighted by its Monte-Carlo error bars"
+        # A NaN std (a non-finite predicted variance, flagged in locations.csv)
+        # gets the default spread rather than poisoning the posterior.
+        spread = {k: np.where(np.isfinite(v), v, default)
+                  for (k, v), default in zip(spread.items(), DEFAULT_SPREAD_KM)}
+        prior = "each station's estimate weighted by its predicted error bars"
     else:
         spread = {k: np.full(n, v) for k, v in zip(("lat_std_km", "lon_std_km", "depth_std_km"),
                                                    DEFAULT_SPREAD_KM)}

@@ -75,7 +75,9 @@ def sampling_count(estimate_uncertainty, number_of_sampling):
 
 
 def check_sampling_options(cfg):
-    """Reject a batch size, sample count or calibration a predicting stage cannot use.
+    """Reject a batch size, sample count or pair of calibrations a predicting stage
+    cannot use (whether there is a spread to calibrate depends on the model:
+    :func:`check_calibration_spread`).
 
     ``cfg`` has ``batch_size``, ``estimate_uncertainty``, ``number_of_sampling``
     and ``calibration`` (and, for tester1, ``calibration_set``).
@@ -87,10 +89,19 @@ def check_sampling_options(cfg):
     if getattr(cfg, "calibration_set", None) and cfg.calibration:
         raise ValueError("give calibration_set (fit a new calibration) or calibration (reuse a "
                          "saved one), not both")
+
+
+def check_calibration_spread(cfg, settings):
+    """Reject a calibration when the predictions will have no std to scale: neither
+    Monte-Carlo sampling (``estimate_uncertainty``) nor a variance head
+    (``settings['aleatoric']``, from the model's model_config.json)."""
+    if cfg.estimate_uncertainty or settings.get("aleatoric"):
+        return
     for name in ("calibration_set", "calibration"):
-        if getattr(cfg, name, None) and not cfg.estimate_uncertainty:
-            raise ValueError(f"{name} scales the Monte-Carlo spread: it needs "
-                             "estimate_uncertainty")
+        if getattr(cfg, name, None):
+            raise ValueError(f"{name} scales the predicted std: it needs estimate_uncertainty "
+                             f"(Monte-Carlo spread) or a model trained with --aleatoric "
+                             f"({cfg.input_model} has no variance head)")
 
 
 def start_line(prog, what):
@@ -146,6 +157,7 @@ def run(cfg):
         raise FileNotFoundError(f"model weights file not found: {cfg.input_model}")
     settings = checkpoints.model_settings(
         cfg.input_model, **{k: getattr(cfg, k) for k in checkpoints.MODEL_DEFAULTS})
+    check_calibration_spread(cfg, settings)
     test_ids = splits.load_ids(cfg.input_testset)
     splits.check_no_duplicates(test_ids, "input_testset", cfg.input_testset)
     meta = splits.check_split(cfg.input_hdf5, test_ids, "input_testset", settings["max_d"],

@@ -198,8 +198,8 @@ def _normalised_errors(results):
     out = {}
     for q, (err_col, std_col) in FIT_COLUMNS.items():
         if std_col not in results:
-            raise ValueError(f"calibration needs the Monte-Carlo std column {std_col} "
-                             "(predict with estimate_uncertainty)")
+            raise ValueError(f"calibration needs the std column {std_col} (predict with "
+                             "estimate_uncertainty, or with a model trained with --aleatoric)")
         sigma = results.loc[errors.index, std_col].to_numpy(float)
         err = errors[err_col].to_numpy(float)
         ok = np.isfinite(sigma) & (sigma > 0) & np.isfinite(err)
