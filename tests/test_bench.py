@@ -1,4 +1,4 @@
-"""bench/throughput.py: the benchmark's command line."""
+"""The benchmarks' command lines."""
 
 import pytest
 from conftest import run_script
@@ -8,3 +8,8 @@ from conftest import run_script
 def test_benchmark_help_runs():
     out = run_script("bench/throughput.py", "--help", timeout=60)
     assert out.returncode == 0 and "--precision" in out.stdout and "(a)" in out.stdout
+
+
+def test_the_aleatoric_benchmark_help_runs():
+    out = run_script("bench/aleatoric.py", "--help", timeout=60)
+    assert out.returncode == 0 and "--aleatoric" in out.stdout and "--workdir" in out.stdout

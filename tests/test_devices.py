@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import PARITY, ROOT, SMALL_HEAD, child_env, need, run_script, start_script
 
@@ -231,8 +232,9 @@ def _trainer_args(data, *extra):
 def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_path,
                                                                weights_origin):
     """No --foundation_weights: the official file is fetched (file:// origin), verified,
-    and the run on 2 logical devices starts from it."""
-    args = _trainer_args(tiny_set, "--output_name", "two", "--multi_gpu", "--number_of_gpus", 2)
+    and the run on 2 logical devices starts from it; with the variance head (--aleatoric)."""
+    args = _trainer_args(tiny_set, "--output_name", "two", "--multi_gpu", "--number_of_gpus", 2,
+                         "--aleatoric")
     at = args.index("--foundation_weights")
     out = _run(args[:at] + args[at + 2:], "tensorflow", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -242,6 +244,9 @@ def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_pa
     assert (models / "two_001.weights.h5").is_file()
     report = (tmp_path / "two_outputs" / "X_report.txt").read_text()
     assert "multi_gpu: True" in report and "number_of_gpus: 2" in report
+    assert checkpoints.has_variance_head(models / "two_001.weights.h5")
+    history = pd.read_csv(tmp_path / "two_outputs" / "history.csv")
+    assert np.isfinite(history[["loss", "val_loss", "mae"]].to_numpy()).all()
     cached = weights_origin["cached"]
     assert f"foundation weights: fetched {weights_origin['url']} into {cached} (sha256 verified)" \
         in out.stderr
@@ -338,16 +343,21 @@ def test_bfloat16_predictions_within_1e_2_of_float32():
 
 
 @pytest.mark.slow
-def test_float16_training_uses_loss_scaling(synthetic):
+@pytest.mark.parametrize("aleatoric", [False, True], ids=["plain", "variance_head"])
+def test_float16_training_uses_loss_scaling(synthetic, aleatoric):
     ids = np.load(synthetic["train"])
     x, y = U.DataGenerator(ids, synthetic["hdf5"], batch_size=8, seed=0)[0]
+    loss, _ = U.location_loss_and_metrics(aleatoric)
     with devices.precision_policy("float16"):
-        model = U.build_location_model(**SMALL_HEAD)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        model = U.build_location_model(aleatoric=aleatoric, **SMALL_HEAD)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
         model.optimizer.build(model.trainable_variables)   # as trainer1: one trace
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     losses = [float(np.asarray(model.train_on_batch(x, y))) for _ in range(3)]
     assert np.isfinite(losses).all()
+    out = np.asarray(model.predict_on_batch(x))
+    assert out.dtype == np.float32 and out.shape == (8, 6 if aleatoric else 3)
+    assert np.isfinite(out).all()
 
 
 if __name__ == "__main__":
