@@ -109,8 +109,8 @@ def _report(res):
     if res['coverage'] is not None:
         print('\nuncertainty calibration (fraction of truths inside 1 / 2 predicted sigma):')
         if 'spread' in res['coverage'].columns:
-            print('spread: raw = Monte-Carlo std (*_std_raw), calibrated = scaled by the '
-                  "tester's calibration (*_std)")
+            print('spread: raw = the std before calibration (*_std_raw), calibrated = scaled '
+                  "by the tester's calibration (*_std)")
         print(lm.format_table(res['coverage']))
     if res['ranking'] is not None:
         print('\nwhich part of the error bar ranks the errors (Spearman std vs |error|):')
