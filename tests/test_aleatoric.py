@@ -433,3 +433,17 @@ def test_the_locator_weights_stations_by_the_variance_heads_std():
                                      hybrid["longitude"][0])[()]) < 2.0
     assert "predicted error bars" in " ".join(c.text for c in
                                                catalog[0].preferred_origin().comments)
+
+
+def test_a_calibration_needs_a_spread_or_a_variance_head():
+    from types import SimpleNamespace
+
+    for name in ("calibration", "calibration_set"):
+        cfg = SimpleNamespace(estimate_uncertainty=False, input_model="runs/m.weights.h5",
+                              **{"calibration": None, "calibration_set": None, name: "x"})
+        with pytest.raises(ValueError, match=rf"^{name} scales .*estimate_uncertainty.*"
+                                             r"runs/m\.weights\.h5 has no variance head"):
+            prediction.check_calibration_spread(cfg, {"aleatoric": False})
+        prediction.check_calibration_spread(cfg, {"aleatoric": True})
+        cfg.estimate_uncertainty = True
+        prediction.check_calibration_spread(cfg, {"aleatoric": False})
