@@ -13,20 +13,24 @@ split three times, each calibrated on the validation split
 * aleatoric, one pass: the variance-head model without sampling (std: the
   predicted variance alone).
 
-Prints and writes (``--workdir``/``aleatoric.csv``, ``aleatoric.md``) per run
-the epicentral and depth MAE, the calibrated 1- and 2-sigma coverage and the
-Spearman correlation of std with |error| for lat, lon, depth and epicentre
-(with 95 % bootstrap intervals over the test traces); for the variance-head
-model also of each part (epistemic, aleatoric) alone;
+Prints and writes (``--workdir``/``aleatoric.md``; ``aleatoric.csv``,
+``aleatoric_spearman_intervals.csv``, ``aleatoric_parts.csv``) per run the
+epicentral and depth MAE, the calibrated 1- and 2-sigma coverage and the
+Spearman correlation of the calibrated std with |error| for lat, lon, depth
+and epicentre (with 95 % bootstrap intervals over the test traces); for the
+variance-head model that of each part (epistemic, aleatoric) and of the
+total before calibration (the reader's ``uncertainty_parts.csv``);
 and the reliability diagram of the calibrated std of the three runs
 (``--figure``). A benchmark: nothing is asserted. Stages whose outputs exist
-in ``--workdir`` are reused, so a rerun only recomputes the tables.
+in ``--workdir`` are reused (only with the settings the folder was made
+with), so a rerun only recomputes the tables.
 Example::
 
     python bench/aleatoric.py --foundation_weights weights/UTrans_Foundation.h5
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -145,19 +149,33 @@ def summary_row(name, df):
 
 
 def spearman_interval(df, n_boot=1000, seed=0):
-    """95 % bootstrap interval (traces resampled) of Spearman std vs |error| per quantity."""
-    from scipy.stats import spearmanr
-
-    errors = metrics.location_errors(df)
+    """95 % bootstrap interval (traces resampled) of Spearman std vs |error| per
+    quantity, for the std the reader scores (the calibrated one)."""
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(errors), size=(n_boot, len(errors)))
     out = {}
-    for q, col in metrics.STD_COLUMNS.items():
-        sigma = df.loc[errors.index, col].to_numpy(float)
-        abs_err = errors[q].abs().to_numpy(float)
-        rho = [spearmanr(sigma[i], abs_err[i]).statistic for i in picks]
-        out[QUANTITIES[q]] = "{:.2f}-{:.2f}".format(*np.percentile(rho, [2.5, 97.5]))
+    for q, sigma, abs_err in metrics._uncertainty_pairs(df, metrics.location_errors(df)):
+        picks = rng.integers(0, len(sigma), size=(n_boot, len(sigma)))
+        rho = [metrics._spearman(sigma[i], abs_err[i]) for i in picks]
+        out[QUANTITIES[q]] = "{:.2f}-{:.2f}".format(*np.nanpercentile(rho, [2.5, 97.5]))
     return out
+
+
+def check_settings(args):
+    """Reuse a work folder only for the settings it was made with (else exit, naming both)."""
+    keys = ("foundation_weights", "n_traces", "n_stations", "epochs", "convmixer_filters",
+            "convmixer_depth", "learning_rate", "seed", "number_of_sampling")
+    wanted = {k: getattr(args, k) for k in keys}
+    path = os.path.join(args.workdir, "bench_settings.json")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            saved = json.load(fh)
+        changed = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        if changed:
+            sys.exit(f"bench/aleatoric.py: {args.workdir} was made with other settings "
+                     f"(saved, given): {changed}; use another --workdir")
+    else:
+        with open(path, "w") as fh:
+            json.dump(wanted, fh, indent=1)
 
 
 def ranking_rows(name, df):
@@ -202,6 +220,7 @@ def _markdown(table):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
+    check_settings(args)
     data = make_data(args)
     models = {kind: train(args, data, kind) for kind in ("plain", "aleatoric")}
     results = {name: test(args, data, name, models[kind], sampled)
@@ -216,12 +235,14 @@ def main(argv=None):
     lines = ["## Summary (calibrated std of each run, test split)", "", _markdown(summary), "",
              "## 95 % bootstrap intervals of the Spearman correlations above", "",
              _markdown(intervals), "",
-             "## Spearman std vs |error| of each part (variance-head model)", "",
+             "## Spearman std vs |error| of each part and the total, before calibration "
+             "(variance-head model)", "",
              _markdown(parts), "",
              f"MAE of the variance-head model vs the plain one: epicentral "
              f"{change['epicentral_mae_km']:+.1f} %, depth {change['depth_mae_km']:+.1f} %", ""]
     summary.to_csv(os.path.join(args.workdir, "aleatoric.csv"), index=False)
     parts.to_csv(os.path.join(args.workdir, "aleatoric_parts.csv"), index=False)
+    intervals.to_csv(os.path.join(args.workdir, "aleatoric_spearman_intervals.csv"), index=False)
     with open(os.path.join(args.workdir, "aleatoric.md"), "w") as fh:
         fh.write("\n".join(lines))
     if args.figure:

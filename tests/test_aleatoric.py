@@ -372,6 +372,12 @@ def test_the_ranking_table_scores_each_part_and_the_total():
         assert rho[q, "total"] > 0.9      # dominated by the aleatoric part
     mean = table.set_index(["quantity", "std"])["mean_std"]
     assert mean["depth_km", "epistemic"] == pytest.approx(df["pred_depth_km_std_epistemic"].mean())
+    # a calibrated table: the total is scored before calibration, like its parts
+    calibrated = df.assign(pred_epicentre_std_km_raw=df["pred_epicentre_std_km"],
+                           pred_epicentre_std_km=df["pred_epicentre_std_km"].to_numpy()[::-1])
+    rho = metrics.ranking_table(calibrated, metrics.location_errors(df)).set_index(
+        ["quantity", "std"])["spearman_std_abs_error"]
+    assert rho["epicentral_km", "total"] > 0.9
     # a model without a variance head: no parts, no table
     plain = df.drop(columns=[c for c in df if c.endswith(("_aleatoric", "_epistemic"))])
     assert metrics.std_parts(plain) == [] and metrics.ranking_table(
@@ -426,13 +432,19 @@ def test_the_locator_weights_stations_by_the_variance_heads_std():
     _, plain = locate.build_catalog(table.drop(columns=[c for c in table if "_std" in c]),
                                     config, {}, s_picks.iloc[:0])
     assert plain["latitude"][0] == pytest.approx(truth["lat"] + 0.133, abs=0.01)
+    # weighted: a station with a NaN std is left out, not given a plain mean's weight
+    nan_std = table.copy()
+    nan_std.loc[1, ["pred_event_lat_std", "pred_event_lon_std", "pred_depth_km_std"]] = np.nan
+    _, weighted = locate.build_catalog(nan_std, config, {}, s_picks.iloc[:0])
+    assert weighted["latitude"][0] == pytest.approx(truth["lat"], abs=0.002)
+    assert "1 with a NaN std left out" in locate.combine_estimates(nan_std, True)["method"]
     table.loc[0, ["pred_event_lat_std_km", "pred_depth_km_std"]] = np.nan
     catalog, hybrid = locate.build_catalog(table, _config(), {}, s_picks)
     assert np.isfinite(hybrid.loc[0, ["latitude", "longitude", "depth_km"]].astype(float)).all()
     assert float(metrics.geodesic_km(truth["lat"], truth["lon"], hybrid["latitude"][0],
                                      hybrid["longitude"][0])[()]) < 2.0
-    assert "predicted error bars" in " ".join(c.text for c in
-                                               catalog[0].preferred_origin().comments)
+    assert "predicted error bars (1 with a NaN std: the default spread" in " ".join(
+        c.text for c in catalog[0].preferred_origin().comments)
 
 
 def test_a_calibration_needs_a_spread_or_a_variance_head():

@@ -12,4 +12,4 @@ def test_benchmark_help_runs():
 
 def test_the_aleatoric_benchmark_help_runs():
     out = run_script("bench/aleatoric.py", "--help", timeout=60)
-    assert out.returncode == 0 and "--aleatoric" in out.stdout and "--workdir" in out.stdout
+    assert out.returncode == 0 and "--number_of_sampling" in out.stdout and "--figure" in out.stdout

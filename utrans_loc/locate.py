@@ -405,9 +405,10 @@ def combine_estimates(rows, sampled):
     With error bars (``sampled``: the Monte-Carlo spread and/or the variance
     head's std, calibrated when a calibration was applied): per coordinate
     the inverse-variance weighted mean (weights 1 / std^2) and its
-    uncertainty sqrt(1 / sum of weights). Without (or where a std is 0 or
-    NaN): the plain mean and the standard error
-    of the mean between stations (std, ddof 1, / sqrt(n)).
+    uncertainty sqrt(1 / sum of weights); a station whose std is NaN is left
+    out of it (``method`` says so). Without error bars (or where a std is 0,
+    or every one NaN): the plain mean and the standard error of the mean
+    between stations (std, ddof 1, / sqrt(n)).
 
     Returns
     -------
@@ -417,14 +418,18 @@ def combine_estimates(rows, sampled):
         ``depth_km_std``; ``method`` says which combination (one line).
     """
     n = len(rows)
-    out, weighted = {}, sampled
+    out, weighted, left_out = {}, sampled, 0
     for key, col in COMBINED:
         value = rows[col].to_numpy(float)
         std = rows[col + "_std"].to_numpy(float) if sampled else np.zeros(n)
-        if sampled and np.all(std > 0):
-            weight = 1.0 / std**2
-            out[key] = float(np.sum(weight * value) / np.sum(weight))
+        # A NaN std (a non-finite predicted variance) would give its station
+        # all the weight of a plain mean: that station is left out instead.
+        usable = np.isfinite(std)
+        if sampled and usable.any() and np.all(std[usable] > 0):
+            weight = 1.0 / std[usable] ** 2
+            out[key] = float(np.sum(weight * value[usable]) / np.sum(weight))
             out[key + "_std"] = float(np.sqrt(1.0 / np.sum(weight)))
+            left_out = max(left_out, int(n - usable.sum()))
         else:
             weighted = False
             out[key] = float(np.mean(value))
@@ -432,6 +437,7 @@ def combine_estimates(rows, sampled):
     out["method"] = (
         f"inverse-variance weighted mean of {n} single-station estimates (weights 1/std^2 of "
         "their predicted std per coordinate; uncertainty sqrt(1/sum of weights))"
+        + (f"; {left_out} with a NaN std left out" if left_out else "")
         if weighted else
         f"mean of {n} single-station estimates (uncertainty: standard error of the mean "
         "between stations)")

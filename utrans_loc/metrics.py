@@ -385,18 +385,17 @@ def ranking_table(df, errors):
         Columns ``RANKING_COLUMNS``: per quantity (lat, lon, depth,
         epicentre) the Spearman rank correlation between |error| and the
         std of each part and of the total (``std``: 'epistemic',
-        'aleatoric', 'total'); a calibrated total is a scaled one, so it
-        ranks as the raw total. None for a table without parts (a model
-        without a variance head).
+        'aleatoric', 'total'), all as predicted: the total of a calibrated
+        table is scored before calibration (``*_std_raw``), so the three
+        rows compare like with like (calibration rescales lat, lon and depth
+        by constants, but the epicentre by a mix of two). None for a table
+        without parts (a model without a variance head).
     """
     parts = std_parts(df)
     if not parts:
         return None
-    totals = [col for col in STD_COLUMNS.values() if col in df.columns]
-    views = {part: df.drop(columns=totals).assign(**{col: df[f'{col}_{part}'] for col in totals
-                                                     if f'{col}_{part}' in df.columns})
-             for part in reversed(parts)}
-    views['total'] = df
+    views = {part: _std_view(df, f'_{part}') for part in reversed(parts)}
+    views['total'] = raw_spread(df)
     rows = [{'quantity': q, 'std': name, 'n': len(sigma), 'mean_std': sigma.mean(),
              'spearman_std_abs_error': _spearman(sigma, abs_err)}
             for name, view in views.items() for q, sigma, abs_err in _uncertainty_pairs(view, errors)]
@@ -428,14 +427,20 @@ def is_calibrated(df):
     return any(col + RAW_SUFFIX in df.columns for col in STD_COLUMNS.values())
 
 
-def raw_spread(df):
-    """A copy of a calibrated table whose std columns (every column with a
-    ``<column>_raw`` beside it) hold the raw Monte-Carlo spread again."""
+def _std_view(df, suffix):
+    """A copy of ``df`` in which every column with a ``<column><suffix>`` beside it
+    holds that column's values (e.g. the raw or one part of the std)."""
     out = df.copy()
     for col in df.columns:
-        if col + RAW_SUFFIX in df.columns:
-            out[col] = df[col + RAW_SUFFIX]
+        if col + suffix in df.columns:
+            out[col] = df[col + suffix]
     return out
+
+
+def raw_spread(df):
+    """A copy of a calibrated table whose std columns (every column with a
+    ``<column>_raw`` beside it) hold the std before calibration again."""
+    return _std_view(df, RAW_SUFFIX)
 
 
 def _by_spread(make, df, errors):
@@ -631,8 +636,10 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
                   f"Epicentral MAE: model {m:.3f} km, baseline 0 km (ratio undefined)", '']
     if coverage is not None:
         paths.append(_write_csv(coverage, os.path.join(out_dir, 'uncertainty.csv')))
-        source = ('the total std: predicted variance (variance head) and Monte-Carlo spread'
-                  if ranking is not None else 'the Monte-Carlo standard deviation')
+        source = ('the Monte-Carlo standard deviation' if ranking is None else
+                  'the total std: predicted variance (variance head) and Monte-Carlo spread'
+                  if 'epistemic' in set(ranking['std']) else
+                  'the predicted variance of the variance head (one pass, no sampling)')
         parts += ['## Predicted uncertainty', '',
                   f'Fraction of traces whose truth lies within 1 and 2 predicted sigma ({source}), '
                   'next to the fraction a calibrated Gaussian gives (epicentre: 2-D radius); '
@@ -646,7 +653,8 @@ def write_metrics(table, out_dir, baseline=None, coverage=None, breakdown=None,
         parts += ['## Which part of the error bar ranks the errors', '',
                   'Spearman correlation of |error| with each part of the std: epistemic '
                   '(Monte-Carlo spread, `*_std_epistemic`), aleatoric (predicted variance, '
-                  '`*_std_aleatoric`) and their total (`*_std`).', '', _markdown(ranking), '']
+                  '`*_std_aleatoric`) and their total (`*_std`; before calibration, as the '
+                  'parts).', '', _markdown(ranking), '']
     if reliability is not None and len(reliability):
         paths.append(_write_csv(reliability, os.path.join(out_dir, 'reliability.csv')))
     if breakdown is not None and len(breakdown):

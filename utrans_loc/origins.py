@@ -544,13 +544,17 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
                   "depth_std_km": p_rows["pred_depth_km_std"].to_numpy(float)}
         # A NaN std (a non-finite predicted variance, flagged in locations.csv)
         # gets the default spread rather than poisoning the posterior.
+        missing = ~np.all([np.isfinite(v) for v in spread.values()], axis=0)
         spread = {k: np.where(np.isfinite(v), v, default)
                   for (k, v), default in zip(spread.items(), DEFAULT_SPREAD_KM)}
-        prior = "each station's estimate weighted by its predicted error bars"
+        prior = "each station's estimate weighted by its predicted error bars" + (
+            f" ({missing.sum()} with a NaN std: the default spread {DEFAULT_SPREAD_KM[0]:g} km "
+            f"north and east, {DEFAULT_SPREAD_KM[2]:g} km depth)" if missing.any() else "")
     else:
         spread = {k: np.full(n, v) for k, v in zip(("lat_std_km", "lon_std_km", "depth_std_km"),
                                                    DEFAULT_SPREAD_KM)}
-        prior = ("each station's estimate with the default spread (no --estimate_uncertainty): "
+        prior = ("each station's estimate with the default spread (no --estimate_uncertainty, "
+                 "no variance head): "
                  f"{DEFAULT_SPREAD_KM[0]:g} km north and east, {DEFAULT_SPREAD_KM[2]:g} km depth")
     # A zero spread (one Monte-Carlo pass) would make one station decide alone.
     spread = {k: np.maximum(v, 0.1) for k, v in spread.items()}

@@ -97,6 +97,8 @@ def check_calibration_spread(cfg, settings):
     (``settings['aleatoric']``, from the model's model_config.json)."""
     if cfg.estimate_uncertainty or settings.get("aleatoric"):
         return
+    if os.path.isfile(cfg.input_model) and checkpoints.has_variance_head(cfg.input_model):
+        return    # its missing model_config.json is named when the model is built
     for name in ("calibration_set", "calibration"):
         if getattr(cfg, name, None):
             raise ValueError(f"{name} scales the predicted std: it needs estimate_uncertainty "
@@ -326,7 +328,7 @@ def factors_text(calibration):
 def calibration_items(cfg, calibration, output_dir):
     """X_report.txt lines saying which calibration scaled the std columns."""
     if calibration is None:
-        return [("calibration", "none (std columns: raw Monte-Carlo spread)")]
+        return [("calibration", "none (std columns as predicted, not calibrated)")]
     source = (f"fitted on {cfg.calibration_set} -> "
               f"{os.path.join(output_dir, uncertainty.CALIBRATION_NAME)}"
               if cfg.calibration_set else f"{os.path.abspath(cfg.calibration)} (reused)")
