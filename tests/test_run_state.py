@@ -163,6 +163,16 @@ def _tiny_fit(callbacks):
 
 def test_a_ctrl_c_swallowed_in_a_finalizer_or_turned_into_another_error_still_stops_fit(
         monkeypatch):
+    # Python's own handler, as the command line makes sure (cli.run_main); a test
+    # run started in the background of a script inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_checks(monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_checks(monkeypatch):
     lost = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: lost.append(u.exc_type))
     press = _PressDuring(epoch=2)
