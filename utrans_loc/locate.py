@@ -122,11 +122,8 @@ def run(cfg, model=None):
     timings = {"read_s": time.time() - start}
     located, windows, skipped = prepare_windows(p_picks, source, stations, settings, cfg)
     s_table, s_skipped = station_picks(s_picks, stations)
-    skipped = sorted(skipped + s_skipped + [skip_row(pick, pick.reason) for pick in
-                                            picks[picks["phase"].isna()].itertuples()],
-                     key=lambda row: row["index"])
-    for row in skipped:
-        print(f"locator: skipped {row['reason']}", file=sys.stderr)
+    skipped = add_skipped([], skipped + s_skipped + [
+        skip_row(pick, pick.reason) for pick in picks[picks["phase"].isna()].itertuples()])
     timings["windows_s"] = time.time() - start - timings["read_s"]
     if not windows:
         raise ValueError(nothing_located(cfg.input_picks, picks, skipped))
@@ -142,10 +139,7 @@ def run(cfg, model=None):
                                       timings=timings, label="locator")
     table = locations_table(located, pred, settings, calibration)
     s_table, orphans = s_picks_of_located_events(s_table, table)
-    if orphans:
-        skipped = sorted(skipped + orphans, key=lambda row: row["index"])
-        for row in orphans:
-            print(f"locator: skipped {row['reason']}", file=sys.stderr)
+    skipped = add_skipped(skipped, orphans)
     origin_start = time.time()
     catalog, combined = build_catalog(table, cfg, settings, s_table)
     timings["origins_s"] = time.time() - origin_start
@@ -183,6 +177,14 @@ def skip_row(pick, reason):
             "phase": pick.phase if isinstance(pick.phase, str) else "",
             "time": str(pick.time), "event_id": pick.event_id,
             "reason": reason}
+
+
+def add_skipped(skipped, new):
+    """``skipped`` and the ``new`` rows, in the picks' file order; each new one said on stderr."""
+    new = sorted(new, key=lambda row: row["index"])
+    for row in new:
+        print(f"locator: skipped {row['reason']}", file=sys.stderr)
+    return sorted(skipped + new, key=lambda row: row["index"])
 
 
 def skipped_table(skipped):
@@ -224,11 +226,9 @@ def s_picks_of_located_events(s_table, table):
     """
     located = set(table["event_id"].astype(str))
     keep = s_table["event_id"].astype(str).isin(located).to_numpy()
-    orphans = [{"index": row.Index, "network": row.network, "station": row.station,
-                "phase": row.phase, "time": str(row.time), "event_id": row.event_id,
-                "reason": f"{waveforms.pick_label(row.network, row.station, row.time)}: S pick "
-                          f"of event {row.event_id}, which has no located P pick (an S pick "
-                          "joins its event's P picks by event_id)"}
+    orphans = [skip_row(row, f"{waveforms.pick_label(row.network, row.station, row.time)}: "
+                             f"S pick of event {row.event_id}, which has no located P pick (an "
+                             "S pick joins its event's P picks by event_id)")
                for row in s_table[~keep].itertuples()]
     return s_table[keep].reset_index(drop=True), orphans
 

@@ -538,6 +538,7 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
     from obspy.geodetics import kilometers2degrees
 
     n = len(p_rows)
+    default_text = f"{DEFAULT_SPREAD_KM[0]:g} km north and east, {DEFAULT_SPREAD_KM[2]:g} km depth"
     if sampled:
         spread = {"lat_std_km": p_rows["pred_event_lat_std_km"].to_numpy(float),
                   "lon_std_km": p_rows["pred_event_lon_std_km"].to_numpy(float),
@@ -548,14 +549,13 @@ def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PI
         spread = {k: np.where(np.isfinite(v), v, default)
                   for (k, v), default in zip(spread.items(), DEFAULT_SPREAD_KM)}
         prior = "each station's estimate weighted by its predicted error bars" + (
-            f" ({missing.sum()} with a NaN std: the default spread {DEFAULT_SPREAD_KM[0]:g} km "
-            f"north and east, {DEFAULT_SPREAD_KM[2]:g} km depth)" if missing.any() else "")
+            f" ({missing.sum()} with a NaN std: the default spread {default_text})"
+            if missing.any() else "")
     else:
         spread = {k: np.full(n, v) for k, v in zip(("lat_std_km", "lon_std_km", "depth_std_km"),
                                                    DEFAULT_SPREAD_KM)}
         prior = ("each station's estimate with the default spread (no --estimate_uncertainty, "
-                 "no variance head): "
-                 f"{DEFAULT_SPREAD_KM[0]:g} km north and east, {DEFAULT_SPREAD_KM[2]:g} km depth")
+                 f"no variance head): {default_text}")
     # A zero spread (one Monte-Carlo pass) would make one station decide alone.
     spread = {k: np.maximum(v, 0.1) for k, v in spread.items()}
     # A depth estimate outside the searched range (an untrained model's -400 km)

@@ -463,9 +463,9 @@ def location_columns(station_lat, station_lon, pred, max_d, min_d, names=None):
                                       lon_std * per_lon)}
     if sampled:
         parts["epistemic"] = epistemic
-    total = {c: np.sqrt(sum(part[c] ** 2 for part in parts.values())) for c in parts["aleatoric"]}
-    total["pred_epicentre_std_km"] = np.hypot(total["pred_event_lat_std_km"],
-                                              total["pred_event_lon_std_km"])
+    # Parts add in quadrature; the total epicentre follows from the total north and east.
+    total = std_columns(*(np.sqrt(sum(part[c] ** 2 for part in parts.values()))
+                          for c in STD_ARGUMENTS))
     columns = {**total, **{f"{c}_{name}": v for name, part in parts.items()
                            for c, v in part.items()}}
     bad = ~np.all(np.isfinite(samples[..., 3:]), axis=(0, 2))
@@ -476,6 +476,11 @@ def location_columns(station_lat, station_lon, pred, max_d, min_d, names=None):
               file=sys.stderr)
     out.update({c: np.where(bad, np.nan, v) for c, v in columns.items()})
     return out
+
+
+# The columns std_columns is made from, in its arguments' order.
+STD_ARGUMENTS = ("pred_event_lat_std", "pred_event_lon_std", "pred_depth_km_std",
+                 "pred_event_lat_std_km", "pred_event_lon_std_km")
 
 
 def std_columns(lat_deg, lon_deg, depth_km, north_km, east_km):
