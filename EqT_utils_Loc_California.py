@@ -791,6 +791,58 @@ class ScheduleWithPlateau(keras.callbacks.Callback):
                       f"{self.patience} epochs; learning-rate factor now {self.scale:.3g}")
 
 
+LR_SCHEDULES = ("step", "cosine")
+# The cosine schedule's warm-up starts at this fraction of the base rate, and its
+# decay ends at this fraction of it (not 0: the last epochs still learn).
+WARMUP_START, COSINE_ALPHA = 0.1, 0.01
+
+
+class CosineScheduleWithPlateau(ScheduleWithPlateau):
+    """Linear warm-up then cosine decay over the whole run, set every batch, times
+    the same plateau factor as :class:`ScheduleWithPlateau`.
+
+    The rate is a function of the step (epoch x steps_per_epoch + batch), given
+    by ``keras.optimizers.schedules.CosineDecay``: from ``WARMUP_START x base_lr``
+    up to ``base_lr`` over ``warmup_epochs``, then down to ``COSINE_ALPHA x
+    base_lr`` at the end of epoch ``epochs``. A resumed run continues it from its
+    epoch; only the plateau state needs saving.
+    """
+
+    def __init__(self, base_lr, epochs, steps_per_epoch, warmup_epochs=0.0, **kwargs):
+        super().__init__(base_lr, **kwargs)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        total = max(int(epochs), 1) * self.steps_per_epoch
+        warmup = min(int(round(float(warmup_epochs) * self.steps_per_epoch)), total - 1)
+        self.cosine = keras.optimizers.schedules.CosineDecay(
+            base_lr * WARMUP_START if warmup else base_lr, decay_steps=total - warmup,
+            alpha=COSINE_ALPHA, warmup_target=base_lr if warmup else None, warmup_steps=warmup)
+
+    def lr_for(self, epoch, batch=0):
+        scheduled = float(keras.ops.convert_to_numpy(
+            self.cosine(epoch * self.steps_per_epoch + batch)))
+        return max(scheduled * self.scale, min(self.min_lr, scheduled))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch:   # batch 0 was set by on_epoch_begin
+            self.model.optimizer.learning_rate.assign(self.lr_for(self._epoch, batch))
+
+
+def learning_rate_schedule(kind, base_lr, epochs=None, steps_per_epoch=None, warmup_epochs=0.0,
+                           **plateau):
+    """The schedule callback of ``kind`` ('step': upstream's, 'cosine': warm-up and cosine
+    decay), both with the plateau factor (``plateau``: ScheduleWithPlateau's keywords)."""
+    if kind == "step":
+        return ScheduleWithPlateau(base_lr, **plateau)
+    if kind == "cosine":
+        return CosineScheduleWithPlateau(base_lr, epochs, steps_per_epoch, warmup_epochs,
+                                         **plateau)
+    raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {kind!r}")
+
+
 # --------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------

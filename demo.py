@@ -78,6 +78,18 @@ def build_parser():
     p.add_argument("--convmixer_filters", type=int, default=64, help="reduced head width")
     p.add_argument("--convmixer_depth", type=int, default=4, help="reduced head depth")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="base learning rate")
+    p.add_argument("--bn_recalibration", type=int, default=20,
+                   help="trainer1 --bn_recalibration: BatchNormalization statistics "
+                        "re-estimated on this many clean training batches before each "
+                        "validation (0: off, as published)")
+    p.add_argument("--monitor", default="auto",
+                   help="trainer1 --monitor: the quantity that picks the best checkpoint "
+                        "(auto: val_mae with the variance head, else val_loss)")
+    p.add_argument("--lr_schedule", default="step", choices=["step", "cosine"],
+                   help="trainer1 --lr_schedule (the step schedule is constant over the "
+                        "demo's epochs)")
+    p.add_argument("--warmup_epochs", type=float, default=0.0,
+                   help="trainer1 --warmup_epochs (with --lr_schedule cosine)")
     p.add_argument("--foundation_weights", default=None,
                    help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5, "
                         "else the official file fetched into the cache; 'none': random init)")
@@ -129,7 +141,10 @@ def main(argv=None):
         "--epochs", args.epochs, "--patience", args.epochs, "--batch_size", args.batch_size,
         "--convmixer_filters", args.convmixer_filters, "--convmixer_depth", args.convmixer_depth,
         "--learning_rate", args.learning_rate, "--foundation_weights", weights,
-        "--seed", args.seed, "--verbose", 2, *(["--aleatoric"] if args.aleatoric else [])], work)
+        "--seed", args.seed, "--verbose", 2, "--bn_recalibration", args.bn_recalibration,
+        "--monitor", args.monitor, "--lr_schedule", args.lr_schedule,
+        "--warmup_epochs", args.warmup_epochs,
+        *(["--aleatoric"] if args.aleatoric else [])], work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]
     # The error bars are calibrated on the validation split, never on the test split.

@@ -228,7 +228,11 @@ def _conv_bn_act(x, filters, kernel_size, activation="linear"):
     return layers.Activation(activation)(x)
 
 
-def decoder_stream(latent, n_blocks=3, d1=80, kernel_size=13, dropout=0.1):
+# convF1 blocks of the location model's decoder stream (upstream: 3).
+DECODER_BLOCKS = 3
+
+
+def decoder_stream(latent, n_blocks=DECODER_BLOCKS, d1=80, kernel_size=13, dropout=0.1):
     """Decoder feature stream on the latent: ``n_blocks`` x convF1, flattened.
 
     (B, 75, 80) -> (B, 6000, 1): the flattened features line up with the 6000

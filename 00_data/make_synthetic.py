@@ -36,6 +36,13 @@ def build_parser():
                    help="fractions of events in train/valid/test (non-negative, sum 1).")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (catalogue, waveforms and split).")
+    # The physics (synthetic_california.Physics); None: the demo set's value.
+    p.add_argument("--vp", type=float, default=None, help="P velocity, km/s (none: 6.0).")
+    p.add_argument("--vs", type=float, default=None, help="S velocity, km/s (none: 3.5).")
+    p.add_argument("--depth_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="range of the source zones' depths, km (none: 2 25).")
+    p.add_argument("--snr_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="range of the traces' SNR, dB (none: 5 40).")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (otherwise they are never touched).")
     p.add_argument("--no_progress", action="store_true",
@@ -47,15 +54,20 @@ def main(argv=None):
     """Run the command line; returns the process exit status."""
     # Import the module from this script's folder whatever the working dir.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from synthetic_california import make_synthetic_california
+    from synthetic_california import Physics, make_synthetic_california
 
     args = build_parser().parse_args(argv)
     prog = Path(sys.argv[0]).name or "make_synthetic.py"
     try:
+        given = {"vp_km_s": args.vp, "vs_km_s": args.vs, "snr_db": args.snr_range,
+                 "zone_depth_km": args.depth_range}
+        physics = Physics(**{k: (tuple(v) if isinstance(v, list) else v)
+                             for k, v in given.items() if v is not None})
         out = make_synthetic_california(
             args.output_hdf5, args.output_dir, n_traces=args.n_traces,
             n_stations=args.n_stations, n_noise=args.n_noise, split=tuple(args.split),
-            seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+            seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+            physics=physics)
     except FileExistsError as e:
         print(f"{prog}: error: output file already exists: {e.filename}; "
               "pass another path or --overwrite to replace it", file=sys.stderr)

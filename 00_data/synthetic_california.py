@@ -20,6 +20,7 @@ location model needs:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -49,12 +50,50 @@ __all__ = [
     "N_SAMPLES",
     "VP_KM_S",
     "VS_KM_S",
+    "Physics",
 ]
 
 FS = SAMPLING_RATE   # sampling rate, Hz (the model's)
 N_SAMPLES = NPTS     # 60 s traces
 VP_KM_S = 6.0
 VS_KM_S = 3.5
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Physics:
+    """What the synthetic earth is like; the defaults are the demo's set.
+
+    A second set with other values is data the model was never tuned on
+    (issue 29: every training claim is checked on both).
+
+    Parameters
+    ----------
+    vp_km_s, vs_km_s : float
+        Straight-ray P and S velocities (S-P time, hence the distance cue).
+    zone_depth_km : tuple of 2 floats
+        Range of the source zones' central depths (events scatter 2 km about
+        them; 3 % are deep, 30-60 km).
+    snr_db : tuple of 2 floats
+        Range of the traces' target SNR (dB).
+    """
+
+    vp_km_s: float = VP_KM_S
+    vs_km_s: float = VS_KM_S
+    zone_depth_km: tuple = (2.0, 25.0)
+    snr_db: tuple = (5.0, 40.0)
+
+    def __post_init__(self):
+        if not 0 < self.vs_km_s < self.vp_km_s:
+            raise ValueError(f"velocities must satisfy 0 < vs < vp (km/s), got vp "
+                             f"{self.vp_km_s}, vs {self.vs_km_s}")
+        for name in ("zone_depth_km", "snr_db"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name} must be (min, max) with min <= max, got ({lo}, {hi})")
+        if self.zone_depth_km[0] < 0 or self.zone_depth_km[1] > 60:
+            raise ValueError(f"zone_depth_km must lie within 0-60 km, got {self.zone_depth_km}")
+
 
 # Epicentral distance range of events from their recording station, km.
 EPI_RANGE_KM = (5.0, 150.0)
@@ -155,7 +194,7 @@ def _colored_noise(rng, bands):
 
 
 def synthesize_trace(rng, station_lat, station_lon, event_lat, event_lon,
-                     depth_km, magnitude, snr_db_target):
+                     depth_km, magnitude, snr_db_target, physics=Physics()):
     """Synthesize one 3-component record of one event at one station.
 
     Parameters
@@ -192,7 +231,7 @@ def synthesize_trace(rng, station_lat, station_lon, event_lat, event_lon,
     hyp_eff = max(hyp_km, 1.0)  # avoid a 1/R blow-up at zero distance
 
     # Integer picks; S-P from straight-ray travel times.
-    sp_samples = int(round((hyp_km / VS_KM_S - hyp_km / VP_KM_S) * FS))
+    sp_samples = int(round((hyp_km / physics.vs_km_s - hyp_km / physics.vp_km_s) * FS))
     p = int(rng.integers(P_SAMPLE_RANGE[0], P_SAMPLE_RANGE[1] + 1))
     if p + sp_samples > N_SAMPLES - 500:  # keep S and some coda in the trace
         p = N_SAMPLES - 500 - sp_samples
@@ -305,7 +344,7 @@ def _make_stations(rng, n_stations):
     return stations
 
 
-def _make_zones(rng, station_lat, station_lon):
+def _make_zones(rng, station_lat, station_lon, physics=Physics()):
     """A few clustered source zones around one station."""
     zones = []
     for _ in range(int(rng.integers(3, 6))):
@@ -319,7 +358,7 @@ def _make_zones(rng, station_lat, station_lon):
             raise RuntimeError("could not place a source zone inside California")
         zones.append({"lat": lat, "lon": lon,
                       "scatter_km": rng.uniform(3.0, 8.0),
-                      "depth_km": rng.uniform(2.0, 25.0)})
+                      "depth_km": rng.uniform(*physics.zone_depth_km)})
     weights = rng.dirichlet(np.full(len(zones), 2.0))
     return zones, weights
 
@@ -350,10 +389,11 @@ def _sample_event(rng, station, zones, weights):
     return lat, lon, depth
 
 
-def _build_catalog(rng, n_traces, n_stations, n_noise, second_station_prob=0.2):
+def _build_catalog(rng, n_traces, n_stations, n_noise, second_station_prob=0.2,
+                   physics=Physics()):
     """One row per trace (earthquake traces first, then noise)."""
     stations = _make_stations(rng, n_stations)
-    zones = [_make_zones(rng, s[1], s[2]) for s in stations]
+    zones = [_make_zones(rng, s[1], s[2], physics) for s in stations]
     t = datetime(2015, 1, 1)
     used_ids = set()
     rows = []
@@ -390,7 +430,7 @@ def _build_catalog(rng, n_traces, n_stations, n_noise, second_station_prob=0.2):
                          "receiver_code": code, "station_lat": s_lat,
                          "station_long": s_lon, "event_lat": lat,
                          "event_long": lon, "depth": depth, "magnitude": mag,
-                         "origin_time": t, "snr_db_target": rng.uniform(5.0, 40.0),
+                         "origin_time": t, "snr_db_target": rng.uniform(*physics.snr_db),
                          "data_category": "earthquake"})
     for _ in range(n_noise):
         code, s_lat, s_lon = stations[int(rng.integers(len(stations)))]
@@ -435,7 +475,7 @@ def _none_attrs():
 
 def make_synthetic_california(output_hdf5, output_dir, n_traces=3000, n_stations=6,
                               n_noise=0, split=(0.7, 0.1, 0.2), seed=0,
-                              overwrite=False, progress=True):
+                              overwrite=False, progress=True, physics=Physics()):
     """Write a synthetic California-STEAD HDF5 file and event-grouped splits.
 
     Parameters
@@ -460,6 +500,8 @@ def make_synthetic_california(output_hdf5, output_dir, n_traces=3000, n_stations
         Replace existing outputs; otherwise an existing output raises.
     progress : bool
         Show a tqdm progress bar.
+    physics : Physics
+        Velocities, source depths and SNR range (default: the demo's set).
 
     Returns
     -------
@@ -491,7 +533,8 @@ def make_synthetic_california(output_hdf5, output_dir, n_traces=3000, n_stations
             raise err
 
     rng = np.random.default_rng(seed)
-    catalog, stations, n_events = _build_catalog(rng, n_traces, n_stations, n_noise)
+    catalog, stations, n_events = _build_catalog(rng, n_traces, n_stations, n_noise,
+                                                 physics=physics)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     paths["hdf5"].parent.mkdir(parents=True, exist_ok=True)
 
@@ -509,7 +552,7 @@ def make_synthetic_california(output_hdf5, output_dir, n_traces=3000, n_stations
                 if row.data_category == "earthquake":
                     data, a = synthesize_trace(
                         rng, row.station_lat, row.station_long, row.event_lat,
-                        row.event_long, row.depth, row.magnitude, row.snr_db_target)
+                        row.event_long, row.depth, row.magnitude, row.snr_db_target, physics)
                     attrs = {**base, **a,
                              "event_lat": float(row.event_lat),
                              "event_long": float(row.event_long),

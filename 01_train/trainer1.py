@@ -7,7 +7,7 @@ Example::
         --output_name california --foundation_weights weights/UTrans_Foundation.h5
 
 Writes ``<output_name>_outputs/``: ``models/<output_name>_{epoch:03d}.weights.h5``
-(each time val_loss improves), ``models/model_config.json``, ``history.csv``,
+(each time the monitored quantity improves), ``models/model_config.json``, ``history.csv``,
 ``<output_name>_loss.png`` and ``X_report.txt``. An existing output folder is
 never touched: the run stops and asks for another name.
 """
@@ -47,7 +47,7 @@ def trainer1(input_hdf5=None,
              max_preload_gb=MAX_PRELOAD_GB,
              batch_size=40,
              epochs=50,
-             monitor="val_loss",
+             monitor="auto",
              patience=10,
              multi_gpu=False,
              number_of_gpus=4,
@@ -70,7 +70,10 @@ def trainer1(input_hdf5=None,
              mixed_precision="off",
              jit_compile=None,
              allow_overlap=False,
-             aleatoric=False):
+             aleatoric=False,
+             bn_recalibration=0,
+             lr_schedule="step",
+             warmup_epochs=0.0):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters

@@ -31,6 +31,7 @@ from utrans_loc.devices import PRECISION_POLICIES
 from utrans_loc.traces import MAX_PRELOAD_GB
 
 MODES = ("generator", "pre_load_generator")
+MONITORS = ("auto", "val_loss", "val_mae", "loss", "mae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +148,15 @@ TRAIN_OPTIONS = (
            {"type": int}),
     Option("epochs", 50, "int", "maximum number of epochs", "Maximum number of epochs (50).",
            {"type": int}),
-    Option("monitor", "val_loss", "str", "quantity monitored for checkpoints and stopping",
-           "Quantity for checkpointing, early stopping and plateau reduction."),
+    Option("monitor", "auto", "{" + ", ".join(map(repr, MONITORS)) + "}",
+           "quantity monitored for the best checkpoint, early stopping and plateau "
+           "reduction; auto: val_loss (MSE, as published) for the plain model, val_mae "
+           "(the mean's MAE) for the variance head",
+           "Quantity for the best checkpoint, early stopping and plateau reduction. 'auto': "
+           "``val_loss`` (the MSE, as published) for the plain model; ``val_mae`` (MAE of "
+           "the mean) for the variance head, whose beta-NLL can fall while the mean gets "
+           "worse. The name used is written to run_config.json and X_report.txt.",
+           {"choices": list(MONITORS)}),
     Option("patience", 10, "int", "early-stopping patience (epochs)",
            "Early-stopping patience; the learning rate is reduced by sqrt(0.1) after "
            "``patience - 2`` epochs without improvement.", {"type": int}),
@@ -224,6 +232,27 @@ TRAIN_OPTIONS = (
           "(float32, clipped), trained with beta-NLL (beta 0.5) instead of MSE; recorded in "
           "model_config.json, so tester1 and the locator give ``*_std`` (aleatoric, plus the "
           "Monte-Carlo spread when sampling). Off: the published model."),
+    Option("bn_recalibration", 0, "int",
+           "before each validation, re-estimate the BatchNormalization statistics on this "
+           "many clean (un-augmented) training batches, dropout off (0: off, as published)",
+           "Before each epoch's validation, replace the BatchNormalization moving statistics "
+           "by the average of the batch statistics over this many un-augmented training "
+           "batches, with the current weights and dropout off (precise BN; no weight "
+           "changes), so validation, the checkpoint and the tester see statistics that "
+           "match the weights; history.csv records how far they had drifted "
+           "(``bn_shift_*``, ``bn_log_var_*``). 0: off (the published recipe); see "
+           "docs/training.md for the measured effect.", {"type": int}),
+    Option("lr_schedule", "step", "{" + ", ".join(map(repr, U.LR_SCHEDULES)) + "}",
+           "step: upstream's step schedule; cosine: warm-up then cosine decay over "
+           "--epochs, set every batch (both times the plateau factor)",
+           "'step': the upstream step schedule (x0.1 after epoch 20, ...). 'cosine': linear "
+           "warm-up over ``warmup_epochs`` from 0.1 x ``learning_rate``, then cosine decay "
+           "to 0.01 x ``learning_rate`` at the last epoch (``keras.optimizers.schedules."
+           "CosineDecay``), set every batch. Both are multiplied by the plateau factor.",
+           {"choices": list(U.LR_SCHEDULES)}),
+    Option("warmup_epochs", 0.0, "float", "warm-up length of --lr_schedule cosine (epochs)",
+           "Warm-up of the cosine schedule, in epochs (fractions allowed); 0: none.",
+           {"type": float}),
 )
 
 

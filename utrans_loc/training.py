@@ -23,7 +23,7 @@ import numpy as np
 
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
-from utrans_loc import devices, files, options, run_state, splits
+from utrans_loc import batchnorm, devices, files, options, run_state, splits
 from utrans_loc.checkpoints import (HEAD_KEYS, MODEL_CONFIG_NAME, check_variance_head,
                                     write_model_config)
 from utrans_loc.figures import plot_history
@@ -84,6 +84,7 @@ def run(cfg):
     if cfg.resume:
         cfg = resume_config(output_dir, cfg)
     check_parameters(cfg)
+    cfg = dataclasses.replace(cfg, monitor=monitored(cfg))
     # Held for the whole run: a second trainer1 on the same name is refused.
     with files.claimed_output_dir(output_dir, not cfg.resume, NEW_NAME_HINT, "trainer1"):
         run_ = Run(output_dir, None)
@@ -99,11 +100,11 @@ def train(cfg, run_, start):
                               else int(np.random.SeedSequence().entropy % 2**31))
     keras.utils.set_random_seed(cfg.seed)
     devices.configure_gpus(cfg.gpu_limit, cfg.gpuid, cfg.multi_gpu, cfg.number_of_gpus)
-    train_gen, valid_gen = make_generators(cfg, data)
+    train_gen, valid_gen, clean_gen = make_generators(cfg, data)
     model = build_model(cfg, weights, run_)
     if not cfg.resume:
         write_run_files(cfg, run_)
-    callbacks = make_callbacks(cfg, run_, train_gen)
+    callbacks = make_callbacks(cfg, run_, train_gen, clean_gen)
     initial_epoch = restore(cfg, run_, callbacks, train_gen)
     print(f"trainer1: {len(data['input_trainset'])} training / {len(data['input_validset'])} "
           f"validation traces, {model.count_params():,} parameters, "
@@ -118,7 +119,7 @@ def train(cfg, run_, start):
         # reorder its batches (the NaN guard maps batch numbers to trace ids).
         train = U.EpochStream(train_gen)
         callbacks["nan_guard"].batches = train
-        run_state.fit_reporting(model, [train_gen, valid_gen], x=train,
+        run_state.fit_reporting(model, [train_gen, valid_gen, clean_gen], x=train,
                                 steps_per_epoch=train.steps_per_epoch, validation_data=valid_gen,
                                 epochs=cfg.epochs,
                                 initial_epoch=initial_epoch, callbacks=callbacks["list"],
@@ -161,7 +162,30 @@ def check_parameters(cfg):
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.mode == "pre_load_generator":
         check_max_preload_gb(cfg.max_preload_gb)
+    if cfg.monitor not in options.MONITORS:
+        raise ValueError(f"monitor must be one of {', '.join(options.MONITORS)}, got "
+                         f"{cfg.monitor!r}")
+    if int(cfg.bn_recalibration) < 0:
+        raise ValueError(f"bn_recalibration must be >= 0 batches, got {cfg.bn_recalibration}")
+    if cfg.lr_schedule not in U.LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(U.LR_SCHEDULES)}, got "
+                         f"{cfg.lr_schedule!r}")
+    if not 0 <= float(cfg.warmup_epochs) < int(cfg.epochs):
+        raise ValueError(f"warmup_epochs must be >= 0 and below epochs ({cfg.epochs}), got "
+                         f"{cfg.warmup_epochs}")
+    if float(cfg.warmup_epochs) and cfg.lr_schedule != "cosine":
+        raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) needs --lr_schedule cosine; "
+                         "the step schedule has no warm-up")
     devices.check_mixed_precision(cfg.mixed_precision)
+
+
+def monitored(cfg):
+    """The quantity ``cfg.monitor`` names: 'auto' is val_loss (the published MSE) for
+    the plain model and val_mae for the variance head (its beta-NLL can fall while
+    the mean gets worse: issue 29)."""
+    if cfg.monitor != "auto":
+        return cfg.monitor
+    return "val_mae" if cfg.aleatoric else "val_loss"
 
 
 def check_data(cfg):
@@ -186,7 +210,9 @@ def check_data(cfg):
 
 
 def make_generators(cfg, data):
-    """The training generator (augmented, shuffled) and the validation one (neither)."""
+    """The training generator (augmented, shuffled), the validation one (neither), and
+    for ``bn_recalibration`` a shuffled, un-augmented view of the training set read
+    from the file (never preloaded a second time); else None."""
     common = dict(file_name=cfg.input_hdf5, dim=cfg.input_dimention, batch_size=cfg.batch_size,
                   norm_mode=cfg.normalization_mode, max_d=cfg.max_d, min_d=cfg.min_d,
                   workers=cfg.workers,
@@ -198,7 +224,12 @@ def make_generators(cfg, data):
                             metadata=data["input_trainset_meta"], **common)
     valid = U.DataGenerator(data["input_validset"], shuffle=False, augmentation=False,
                             metadata=data["input_validset_meta"], **common)
-    return train, valid
+    clean = None
+    if cfg.bn_recalibration:
+        clean = U.DataGenerator(data["input_trainset"], shuffle=True, augmentation=False,
+                                metadata=data["input_trainset_meta"],
+                                **{**common, "preload": False})
+    return train, valid, clean
 
 
 def augmentations(cfg):
@@ -263,16 +294,19 @@ def write_run_files(cfg, run_):
                                    "input_validset": os.path.abspath(cfg.input_validset)})
 
 
-def make_callbacks(cfg, run_, train_gen):
-    """Checkpoint, schedule, early stopping, NaN guard, timer and the resume state."""
+def make_callbacks(cfg, run_, train_gen, clean_gen=None):
+    """Checkpoint, schedule, early stopping, NaN guard, timer, BatchNormalization
+    re-estimation (with ``clean_gen``) and the resume state."""
     verbose = min(cfg.verbose, 1)
     cb = {
         "checkpoint": run_state.BestCheckpoint(
             os.path.join(run_.models_dir, f"{cfg.name}_{{epoch:03d}}.weights.h5"),
             monitor=cfg.monitor, verbose=verbose),
-        "schedule": U.ScheduleWithPlateau(cfg.learning_rate, monitor=cfg.monitor,
-                                          patience=cfg.patience - 2, verbose=verbose),
-        "early_stopping": run_state.ResumableEarlyStopping(monitor=cfg.monitor,
+        "schedule": U.learning_rate_schedule(
+            cfg.lr_schedule, cfg.learning_rate, epochs=cfg.epochs,
+            steps_per_epoch=len(train_gen), warmup_epochs=cfg.warmup_epochs,
+            monitor=cfg.monitor, patience=cfg.patience - 2, verbose=verbose),
+        "early_stopping": run_state.ResumableEarlyStopping(monitor=cfg.monitor, mode="min",
                                                            patience=cfg.patience),
     }
     stateful = dict(cb)
@@ -280,8 +314,13 @@ def make_callbacks(cfg, run_, train_gen):
     cb["state"] = run_state.TrainingState(run_.state_dir,
                                           os.path.join(run_.output_dir, "history.csv"), stateful)
     timer = run_state.EpochTimer(len(train_gen) * cfg.batch_size)
-    cb["list"] = [timer, cb["checkpoint"], cb["schedule"], cb["early_stopping"], cb["nan_guard"],
-                  keras.callbacks.TerminateOnNaN(), cb["state"]]
+    # Re-estimation first after the timer: validation, the checkpoint and the state
+    # must all see the re-estimated statistics, and history.csv its drift columns.
+    recalibration = ([batchnorm.RecalibrateBatchNorm(clean_gen, cfg.bn_recalibration)]
+                     if clean_gen is not None else [])
+    cb["list"] = [timer, *recalibration, cb["checkpoint"], cb["schedule"],
+                  cb["early_stopping"], cb["nan_guard"], keras.callbacks.TerminateOnNaN(),
+                  cb["state"]]
     return cb
 
 
@@ -333,7 +372,7 @@ def write_outputs(cfg, run_, data, model, weights, callbacks, start):
     hist = callbacks["state"].history
     monitored = hist.get(cfg.monitor, [])
     best = int(np.nanargmin(monitored)) if monitored else None
-    result = {"output_dir": run_.output_dir, "history": hist,
+    result = {"output_dir": run_.output_dir, "history": hist, "monitor": cfg.monitor,
               "best_epoch": None if best is None else best + 1,
               "best_loss": None if best is None else monitored[best],
               "best_weights": callbacks["checkpoint"].best_path,
