@@ -124,6 +124,9 @@ def main(argv=None):
           f"{args.convmixer_filters} filters x depth {args.convmixer_depth} (published: 512 x 10), "
           f"learning rate {args.learning_rate:g} (published: 1e-4), batch {args.batch_size}, "
           f"{args.epochs} epochs, variance head: {'yes' if args.aleatoric else 'no'}, "
+          f"BatchNormalization statistics re-estimated on {args.bn_recalibration} clean "
+          f"batches before each validation, best checkpoint by {args.monitor} monitor, "
+          f"{args.lr_schedule} learning-rate schedule, "
           f"Monte-Carlo samples {args.number_of_sampling}, "
           f"foundation weights: {weights}", flush=True)
 

@@ -232,9 +232,10 @@ def _trainer_args(data, *extra):
 def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_path,
                                                                weights_origin):
     """No --foundation_weights: the official file is fetched (file:// origin), verified,
-    and the run on 2 logical devices starts from it; with the variance head (--aleatoric)."""
+    and the run on 2 logical devices starts from it; with the variance head (--aleatoric) and
+    the BatchNormalization statistics re-estimated before validation."""
     args = _trainer_args(tiny_set, "--output_name", "two", "--multi_gpu", "--number_of_gpus", 2,
-                         "--aleatoric")
+                         "--aleatoric", "--bn_recalibration", 2)
     at = args.index("--foundation_weights")
     out = _run(args[:at] + args[at + 2:], "tensorflow", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -247,6 +248,9 @@ def test_trainer_cli_on_two_devices_from_the_fetched_foundation(tiny_set, tmp_pa
     assert checkpoints.has_variance_head(models / "two_001.weights.h5")
     history = pd.read_csv(tmp_path / "two_outputs" / "history.csv")
     assert np.isfinite(history[["loss", "val_loss", "mae"]].to_numpy()).all()
+    # the statistics were re-estimated under the strategy, and the report names the monitor
+    assert np.isfinite(history[["bn_shift_decoder", "bn_shift_head"]].to_numpy()).all()
+    assert "monitor: val_mae" in report
     cached = weights_origin["cached"]
     assert f"foundation weights: fetched {weights_origin['url']} into {cached} (sha256 verified)" \
         in out.stderr

@@ -13,7 +13,8 @@ inference mode, close to the constant predictor.
 
 :func:`recalibrate` replaces each layer's moving statistics by the plain
 average of its batch statistics over a few clean (un-augmented) training
-batches, computed with the current weights and dropout off (Wu & Johnson
+batches, computed with the current weights and dropout off, in Keras' compiled
+predict function (Wu & Johnson
 2021, "Rethinking 'Batch' in BatchNorm", section 3: precise BN). No weight
 changes. :class:`RecalibrateBatchNorm` does it once per epoch, just before
 validation, so validation, the checkpoint and the resume snapshot all hold
@@ -75,7 +76,36 @@ def drift(before, after, epsilon=1e-3):
     return np.array(shift), np.array(ratio)
 
 
-def recalibrate(model, batches):
+class TrainingModeForward(keras.Model):
+    """``model`` called in training mode, run by Keras' compiled predict function.
+
+    ``predict_on_batch`` of this wrapper updates the BatchNormalization moving
+    statistics of ``model`` as a training step would, without gradients, at
+    the speed of a traced function (an eager call was 3.4x slower on a CPU).
+    Build it once and keep it: its function is traced at the first call.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = model
+
+    def call(self, x, training=False):
+        return self.inner(x, training=True)
+
+
+@contextlib.contextmanager
+def _momentum(layers, value):
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = value
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+
+
+def recalibrate(model, batches, forward=None):
     """Set the moving statistics of every trainable BatchNormalization layer of
     ``model`` to the average of its batch statistics over ``batches``.
 
@@ -85,6 +115,8 @@ def recalibrate(model, batches):
         The model; only the BatchNormalization moving statistics change.
     batches : iterable of array
         Input batches (clean, i.e. as inference will see them).
+    forward : TrainingModeForward, optional
+        The wrapper of ``model`` to run (keep one across calls: it is traced once).
 
     Returns
     -------
@@ -95,20 +127,22 @@ def recalibrate(model, batches):
     """
     layers = batch_norm_layers(model)
     before = _statistics(layers)
-    momenta = [layer.momentum for layer in layers]
-    n = 0
-    try:
-        with dropout_off(model):
-            for x in batches:
-                # momentum k/(k+1) at the k-th batch makes the moving value the
-                # running mean of the batch values (the first batch replaces it).
-                for layer in layers:
-                    layer.momentum = n / (n + 1.0)
-                model(x, training=True)
-                n += 1
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
+    forward = forward or TrainingModeForward(model)
+    total, n = None, 0
+    # Momentum 0: after each batch the moving statistics are that batch's own;
+    # they are summed here and their mean set at the end. The settings are in
+    # force at every call, so a retrace (another batch size) sees them too.
+    with dropout_off(model), _momentum(layers, 0.0):
+        for x in batches:
+            forward.predict_on_batch(x)
+            stats = _statistics(layers)
+            total = stats if total is None else [(m0 + m1, v0 + v1) for (m0, v0), (m1, v1)
+                                                 in zip(total, stats)]
+            n += 1
+    if n:
+        for layer, (mean, variance) in zip(layers, total):
+            layer.moving_mean.assign((mean / n).astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign((variance / n).astype(layer.moving_variance.dtype))
     shift, ratio = drift(before, _statistics(layers))
     return {"n_batches": n, "shift": shift, "log_variance_ratio": ratio}
 
@@ -128,7 +162,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     def __init__(self, generator, n_batches):
         super().__init__()
         self.generator, self.n_batches = generator, int(n_batches)
-        self._epoch, self._pending, self.last = 0, False, None
+        self._epoch, self._pending, self.last, self._forward = 0, False, None, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._pending = epoch, True
@@ -138,8 +172,9 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             return
         self._pending = False
         n = min(self.n_batches, len(self.generator))
+        self._forward = self._forward or TrainingModeForward(self.model)
         self.last = recalibrate(self.model, (self.generator.batch_at(self._epoch, i)[0]
-                                             for i in range(n)))
+                                             for i in range(n)), self._forward)
         if getattr(self.generator, "failure", None) is not None:
             raise self.generator.failure
 
