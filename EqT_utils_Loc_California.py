@@ -935,6 +935,18 @@ def mean_absolute_error_of_mean(y_true, y_pred):
     return keras.ops.mean(keras.ops.abs(keras.ops.cast(y_true, "float32") - mean), axis=-1)
 
 
+def freeze_foundation(model):
+    """Keep the U-Trans foundation's weights fixed: every layer from the input to the
+    latent (``utrans_latent``) made non-trainable, the decoder stream and the head
+    left trainable. The foundation has no BatchNormalization layer, so this changes
+    no statistics. Call before ``compile``; returns the layers frozen."""
+    order = model.layers
+    end = order.index(model.get_layer(ub.LATENT_NAME)) + 1
+    for layer in order[:end]:
+        layer.trainable = False
+    return order[:end]
+
+
 def location_loss_and_metrics(aleatoric=False):
     """compile()'s loss and metrics: MSE and MAE, or beta-NLL and the mean's MAE (``mae``)."""
     if not aleatoric:

@@ -90,6 +90,8 @@ def build_parser():
                         "demo's epochs)")
     p.add_argument("--warmup_epochs", type=float, default=0.0,
                    help="trainer1 --warmup_epochs (with --lr_schedule cosine)")
+    p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=False,
+                   help="trainer1 --freeze_foundation: train the decoder stream and the head only")
     p.add_argument("--foundation_weights", default=None,
                    help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5, "
                         "else the official file fetched into the cache; 'none': random init)")
@@ -147,6 +149,7 @@ def main(argv=None):
         "--seed", args.seed, "--verbose", 2, "--bn_recalibration", args.bn_recalibration,
         "--monitor", args.monitor, "--lr_schedule", args.lr_schedule,
         "--warmup_epochs", args.warmup_epochs,
+        *(["--freeze_foundation"] if args.freeze_foundation else []),
         *(["--aleatoric"] if args.aleatoric else [])], work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]

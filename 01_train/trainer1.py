@@ -73,7 +73,8 @@ def trainer1(input_hdf5=None,
              aleatoric=False,
              bn_recalibration=0,
              lr_schedule="step",
-             warmup_epochs=0.0):
+             warmup_epochs=0.0,
+             freeze_foundation=False):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters

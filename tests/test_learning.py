@@ -111,6 +111,22 @@ def test_the_location_model_has_its_batch_norms_in_the_decoder_and_the_head():
         {SMALL_HEAD["convmixer_filters"]}
 
 
+def test_freeze_foundation_fixes_the_foundation_and_trains_the_rest(synthetic, tmp_path):
+    cfg = training.TrainConfig(input_hdf5=synthetic["hdf5"], foundation_weights="none",
+                               freeze_foundation=True, **SMALL_HEAD)
+    model = training.build_model(cfg, None, training.Run(str(tmp_path), None))
+    latent = model.layers.index(model.get_layer("utrans_latent"))
+    assert not any(layer.trainable_weights for layer in model.layers[:latent + 1])
+    assert all(layer.trainable for layer in model.layers[latent + 1:])
+    # frozen weights are not in the optimizer's list: the decoder and head are
+    names = {v.path for v in model.trainable_variables}
+    assert not any(v.path in names for v in model.get_layer("utrans_latent").weights)
+    assert any("batch_normalization" in n for n in names)
+    assert len(model.trainable_variables) < len(
+        training.build_model(training.TrainConfig(input_hdf5=synthetic["hdf5"], **SMALL_HEAD),
+                             None, training.Run(str(tmp_path), None)).trainable_variables)
+
+
 def test_auto_monitor_is_the_published_loss_or_the_mean_of_the_variance_head():
     plain = training.TrainConfig(input_hdf5="x.hdf5")
     assert plain.monitor == "auto" and training.monitored(plain) == "val_loss"

@@ -253,6 +253,12 @@ TRAIN_OPTIONS = (
     Option("warmup_epochs", 0.0, "float", "warm-up length of --lr_schedule cosine (epochs)",
            "Warm-up of the cosine schedule, in epochs (fractions allowed); 0: none.",
            {"type": float}),
+    _flag("freeze_foundation", False,
+          "keep the pretrained U-Trans foundation fixed; train the decoder stream and the "
+          "ConvMixer head only",
+          "Keep the U-Trans foundation's weights (input to latent) fixed and train only the "
+          "decoder stream and the ConvMixer head (about 1.4x faster steps on a CPU). Off: "
+          "the published fine-tuning of the whole model."),
 )
 
 

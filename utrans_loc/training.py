@@ -245,6 +245,8 @@ def build_model(cfg, weights, run_):
             devices.precision_policy(cfg.mixed_precision):
         model = U.build_location_model(tuple(cfg.input_dimention), foundation_weights=weights,
                                        aleatoric=cfg.aleatoric, **cfg.head)
+        if cfg.freeze_foundation:
+            U.freeze_foundation(model)
         loss, metrics = U.location_loss_and_metrics(cfg.aleatoric)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
                       metrics=metrics,
