@@ -947,11 +947,12 @@ def freeze_foundation(model):
     return order[:end]
 
 
-def location_loss_and_metrics(aleatoric=False):
-    """compile()'s loss and metrics: MSE and MAE, or beta-NLL and the mean's MAE (``mae``)."""
+def location_loss_and_metrics(aleatoric=False, beta=BETA_NLL):
+    """compile()'s loss and metrics: MSE and MAE, or beta-NLL (``beta``) and the mean's
+    MAE (``mae``)."""
     if not aleatoric:
         return "mse", ["mae"]
-    return BetaNLL(), [keras.metrics.MeanMetricWrapper(mean_absolute_error_of_mean, name="mae")]
+    return BetaNLL(beta), [keras.metrics.MeanMetricWrapper(mean_absolute_error_of_mean, name="mae")]
 
 
 def build_location_model(input_shape=(6000, 3), foundation_weights=None,

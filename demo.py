@@ -90,6 +90,9 @@ def build_parser():
                         "demo's epochs)")
     p.add_argument("--warmup_epochs", type=float, default=0.0,
                    help="trainer1 --warmup_epochs (with --lr_schedule cosine)")
+    p.add_argument("--nll_beta", type=float, default=0.5,
+                   help="trainer1 --nll_beta of the variance head's loss (1: the mean learns as "
+                        "with MSE)")
     p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=False,
                    help="trainer1 --freeze_foundation: train the decoder stream and the head only")
     p.add_argument("--foundation_weights", default=None,
@@ -150,6 +153,7 @@ def main(argv=None):
         "--monitor", args.monitor, "--lr_schedule", args.lr_schedule,
         "--warmup_epochs", args.warmup_epochs,
         *(["--freeze_foundation"] if args.freeze_foundation else []),
+        "--nll_beta", args.nll_beta,
         *(["--aleatoric"] if args.aleatoric else [])], work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]

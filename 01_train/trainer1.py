@@ -74,6 +74,7 @@ def trainer1(input_hdf5=None,
              bn_recalibration=0,
              lr_schedule="step",
              warmup_epochs=0.0,
+             nll_beta=U.BETA_NLL,
              freeze_foundation=False):
     """Train the location model and write ``<output_name>_outputs/``.
 

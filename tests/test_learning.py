@@ -127,6 +127,16 @@ def test_freeze_foundation_fixes_the_foundation_and_trains_the_rest(synthetic, t
                              None, training.Run(str(tmp_path), None)).trainable_variables)
 
 
+def test_nll_beta_reaches_the_compiled_loss(synthetic, tmp_path):
+    cfg = training.TrainConfig(input_hdf5=synthetic["hdf5"], aleatoric=True, nll_beta=1.0,
+                               **SMALL_HEAD)
+    model = training.build_model(cfg, None, training.Run(str(tmp_path), None))
+    assert isinstance(model.loss, U.BetaNLL) and model.loss.beta == 1.0
+    assert training.TrainConfig().nll_beta == U.BETA_NLL == 0.5
+    with pytest.raises(ValueError, match="nll_beta must be within 0-1, got 2"):
+        training.check_parameters(training.TrainConfig(input_hdf5="x", nll_beta=2))
+
+
 def test_auto_monitor_is_the_published_loss_or_the_mean_of_the_variance_head():
     plain = training.TrainConfig(input_hdf5="x.hdf5")
     assert plain.monitor == "auto" and training.monitored(plain) == "val_loss"

@@ -253,6 +253,14 @@ TRAIN_OPTIONS = (
     Option("warmup_epochs", 0.0, "float", "warm-up length of --lr_schedule cosine (epochs)",
            "Warm-up of the cosine schedule, in epochs (fractions allowed); 0: none.",
            {"type": float}),
+    Option("nll_beta", U.BETA_NLL, "float",
+           "beta of the variance head's beta-NLL loss (0: Gaussian NLL, 1: the mean learns as "
+           "with MSE)",
+           "beta of the variance head's beta-NLL loss: each trace's NLL weighted by its "
+           "predicted variance to the power beta (no gradient). 0: the Gaussian NLL (the mean's "
+           "gradient shrinks on traces given a large variance); 1: the mean's gradient is "
+           "MSE's; 0.5: Seitzer et al.'s compromise. Only with ``aleatoric``.",
+           {"type": float}),
     _flag("freeze_foundation", False,
           "keep the pretrained U-Trans foundation fixed; train the decoder stream and the "
           "ConvMixer head only",

@@ -162,6 +162,8 @@ def check_parameters(cfg):
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.mode == "pre_load_generator":
         check_max_preload_gb(cfg.max_preload_gb)
+    if not 0 <= float(cfg.nll_beta) <= 1:
+        raise ValueError(f"nll_beta must be within 0-1, got {cfg.nll_beta}")
     if cfg.monitor not in options.MONITORS:
         raise ValueError(f"monitor must be one of {', '.join(options.MONITORS)}, got "
                          f"{cfg.monitor!r}")
@@ -247,7 +249,7 @@ def build_model(cfg, weights, run_):
                                        aleatoric=cfg.aleatoric, **cfg.head)
         if cfg.freeze_foundation:
             U.freeze_foundation(model)
-        loss, metrics = U.location_loss_and_metrics(cfg.aleatoric)
+        loss, metrics = U.location_loss_and_metrics(cfg.aleatoric, cfg.nll_beta)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
                       metrics=metrics,
                       jit_compile="auto" if cfg.jit_compile is None else bool(cfg.jit_compile))
