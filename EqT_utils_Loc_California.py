@@ -888,10 +888,24 @@ BETA_NLL = 0.5   # Seitzer et al. (2022): 0 is the plain Gaussian NLL, 1 weights
 
 @keras.saving.register_keras_serializable(package="utrans")
 class LogVarianceDense(layers.Dense):
-    """Dense layer whose outputs (log-variances) are clipped to :data:`LOG_VARIANCE_RANGE`."""
+    """Dense layer whose outputs (log-variances) are clipped to :data:`LOG_VARIANCE_RANGE`.
+
+    ``detach_inputs``: no gradient flows from the log-variances into the features
+    they read (the layer's own weights still learn), so the variance head cannot
+    pull the shared features away from the mean. The forward pass is the same.
+    """
+
+    def __init__(self, units, detach_inputs=False, **kwargs):
+        super().__init__(units, **kwargs)
+        self.detach_inputs = bool(detach_inputs)
 
     def call(self, inputs, training=None):
+        if self.detach_inputs:
+            inputs = keras.ops.stop_gradient(inputs)
         return keras.ops.clip(super().call(inputs), *LOG_VARIANCE_RANGE)
+
+    def get_config(self):
+        return {**super().get_config(), "detach_inputs": self.detach_inputs}
 
 
 def split_mean_log_variance(y_pred):
@@ -960,7 +974,8 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
                          convmixer_depth=PUBLISHED_HEAD["convmixer_depth"],
                          convmixer_kernel=PUBLISHED_HEAD["convmixer_kernel"],
                          convmixer_patch=PUBLISHED_HEAD["convmixer_patch"],
-                         dropout=0.1, d1=5, foundation=None, aleatoric=False):
+                         dropout=0.1, d1=5, foundation=None, aleatoric=False,
+                         detach_variance=False):
     """U-Trans + ConvMixer location model (UTRANS_SPEC section 3).
 
     input (6000, 3) -> U-Trans encoder + transformer -> latent (75, 80) ->
@@ -988,6 +1003,10 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
         output is then ``mean_and_log_variance``, [mean(3), log_variance(3)],
         trained with :class:`BetaNLL`. Every other layer keeps its name and
         order; False builds exactly the published model.
+    detach_variance : bool
+        With ``aleatoric``: the variance head reads the pooled features without
+        training them (:class:`LogVarianceDense` ``detach_inputs``); the same
+        function, another training.
 
     Returns
     -------
@@ -1009,7 +1028,8 @@ def build_location_model(input_shape=(6000, 3), foundation_weights=None,
     x = layers.Flatten()(x)
     outputs = layers.Dense(3, name="output_layer", dtype="float32")(x)
     if aleatoric:
-        log_var = LogVarianceDense(3, name="log_variance", dtype="float32")(x)
+        log_var = LogVarianceDense(3, detach_inputs=detach_variance, name="log_variance",
+                                   dtype="float32")(x)
         outputs = layers.Concatenate(name="mean_and_log_variance",
                                      dtype="float32")([outputs, log_var])
     return keras.Model(foundation.input, outputs, name="utrans_convmixer_location")

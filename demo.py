@@ -93,6 +93,9 @@ def build_parser():
     p.add_argument("--nll_beta", type=float, default=0.5,
                    help="trainer1 --nll_beta of the variance head's loss (1: the mean learns as "
                         "with MSE)")
+    p.add_argument("--detach_variance", action=argparse.BooleanOptionalAction, default=False,
+                   help="trainer1 --detach_variance: the variance head does not train the "
+                        "shared features")
     p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=False,
                    help="trainer1 --freeze_foundation: train the decoder stream and the head only")
     p.add_argument("--foundation_weights", default=None,
@@ -154,6 +157,7 @@ def main(argv=None):
         "--warmup_epochs", args.warmup_epochs,
         *(["--freeze_foundation"] if args.freeze_foundation else []),
         "--nll_beta", args.nll_beta,
+        *(["--detach_variance"] if args.detach_variance and args.aleatoric else []),
         *(["--aleatoric"] if args.aleatoric else [])], work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]

@@ -75,6 +75,7 @@ def trainer1(input_hdf5=None,
              lr_schedule="step",
              warmup_epochs=0.0,
              nll_beta=U.BETA_NLL,
+             detach_variance=False,
              freeze_foundation=False):
     """Train the location model and write ``<output_name>_outputs/``.
 

@@ -137,6 +137,25 @@ def test_nll_beta_reaches_the_compiled_loss(synthetic, tmp_path):
         training.check_parameters(training.TrainConfig(input_hdf5="x", nll_beta=2))
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_detached_variance_head_trains_its_own_weights_only(detach):
+    import tensorflow as tf
+
+    model = U.build_location_model(input_shape=(6000, 3), aleatoric=True,
+                                   detach_variance=detach, **SMALL_HEAD)
+    assert model.get_layer("log_variance").detach_inputs is detach
+    x = np.random.default_rng(0).normal(size=(2, 6000, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        _, log_var = U.split_mean_log_variance(model(x, training=True))
+        loss = tf.reduce_sum(log_var)
+    grads = tape.gradient(loss, model.trainable_variables)
+    own = {v.path for v in model.get_layer("log_variance").trainable_variables}
+    reached = {v.path for v, g in zip(model.trainable_variables, grads)
+               if g is not None and float(tf.reduce_max(tf.abs(g))) > 0}
+    assert own <= reached
+    assert (reached == own) is detach     # attached: it trains the shared features too
+
+
 def test_auto_monitor_is_the_published_loss_or_the_mean_of_the_variance_head():
     plain = training.TrainConfig(input_hdf5="x.hdf5")
     assert plain.monitor == "auto" and training.monitored(plain) == "val_loss"

@@ -261,6 +261,13 @@ TRAIN_OPTIONS = (
            "gradient shrinks on traces given a large variance); 1: the mean's gradient is "
            "MSE's; 0.5: Seitzer et al.'s compromise. Only with ``aleatoric``.",
            {"type": float}),
+    _flag("detach_variance", False,
+          "the variance head learns from the features without training them (with "
+          "--nll_beta 1 the mean then learns as the plain model)",
+          "With ``aleatoric``: no gradient from the predicted log-variances into the shared "
+          "features (the variance head's own weights still learn), so the mean learns as in "
+          "the plain model (exactly so with ``nll_beta`` 1, whose gradient on the mean is "
+          "MSE's). The model computes the same function; only training differs."),
     _flag("freeze_foundation", False,
           "keep the pretrained U-Trans foundation fixed; train the decoder stream and the "
           "ConvMixer head only",

@@ -162,6 +162,8 @@ def check_parameters(cfg):
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.mode == "pre_load_generator":
         check_max_preload_gb(cfg.max_preload_gb)
+    if cfg.detach_variance and not cfg.aleatoric:
+        raise ValueError("detach_variance needs aleatoric (the variance head)")
     if not 0 <= float(cfg.nll_beta) <= 1:
         raise ValueError(f"nll_beta must be within 0-1, got {cfg.nll_beta}")
     if cfg.monitor not in options.MONITORS:
@@ -246,7 +248,8 @@ def build_model(cfg, weights, run_):
     with devices.distribution_scope(cfg.multi_gpu, cfg.number_of_gpus), \
             devices.precision_policy(cfg.mixed_precision):
         model = U.build_location_model(tuple(cfg.input_dimention), foundation_weights=weights,
-                                       aleatoric=cfg.aleatoric, **cfg.head)
+                                       aleatoric=cfg.aleatoric,
+                                       detach_variance=cfg.detach_variance, **cfg.head)
         if cfg.freeze_foundation:
             U.freeze_foundation(model)
         loss, metrics = U.location_loss_and_metrics(cfg.aleatoric, cfg.nll_beta)
