@@ -70,7 +70,7 @@ def build_parser():
     p.add_argument("--workdir", default="demo_run", help="folder for every demo file")
     p.add_argument("--n_traces", type=int, default=3000, help="synthetic earthquake traces")
     p.add_argument("--n_stations", type=int, default=3, help="synthetic stations")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument("--epochs", type=int, default=7, help="training epochs")
     p.add_argument("--aleatoric", action=argparse.BooleanOptionalAction, default=True,
                    help="train the variance head (trainer1 --aleatoric): error bars from one "
                         "pass, calibrated on the validation split")
@@ -90,13 +90,13 @@ def build_parser():
                         "demo's epochs)")
     p.add_argument("--warmup_epochs", type=float, default=0.0,
                    help="trainer1 --warmup_epochs (with --lr_schedule cosine)")
-    p.add_argument("--nll_beta", type=float, default=0.5,
+    p.add_argument("--nll_beta", type=float, default=1.0,
                    help="trainer1 --nll_beta of the variance head's loss (1: the mean learns as "
                         "with MSE)")
-    p.add_argument("--detach_variance", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--detach_variance", action=argparse.BooleanOptionalAction, default=True,
                    help="trainer1 --detach_variance: the variance head does not train the "
                         "shared features")
-    p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=True,
                    help="trainer1 --freeze_foundation: train the decoder stream and the head only")
     p.add_argument("--foundation_weights", default=None,
                    help="UTrans_Foundation.h5 (default: $UTRANS_WEIGHTS, else weights/UTrans_Foundation.h5, "
@@ -146,19 +146,8 @@ def main(argv=None):
         times["data"], _ = _run("00 data", "00_data/make_synthetic.py", [
             "--output_hdf5", data, "--output_dir", work, "--n_traces", args.n_traces,
             "--n_stations", args.n_stations, "--seed", args.seed, "--no_progress"], work)
-    times["train"], _ = _run("01 train", "01_train/trainer1.py", [
-        "--input_hdf5", data, "--input_trainset", "train_Events.npy",
-        "--input_validset", "valid_Events.npy", "--output_name", "demo_trainer",
-        "--epochs", args.epochs, "--patience", args.epochs, "--batch_size", args.batch_size,
-        "--convmixer_filters", args.convmixer_filters, "--convmixer_depth", args.convmixer_depth,
-        "--learning_rate", args.learning_rate, "--foundation_weights", weights,
-        "--seed", args.seed, "--verbose", 2, "--bn_recalibration", args.bn_recalibration,
-        "--monitor", args.monitor, "--lr_schedule", args.lr_schedule,
-        "--warmup_epochs", args.warmup_epochs,
-        *(["--freeze_foundation"] if args.freeze_foundation else []),
-        "--nll_beta", args.nll_beta,
-        *(["--detach_variance"] if args.detach_variance and args.aleatoric else []),
-        *(["--aleatoric"] if args.aleatoric else [])], work)
+    times["train"], _ = _run("01 train", "01_train/trainer1.py",
+                             trainer_arguments(args, data, weights), work)
     models = os.path.join(work, "demo_trainer_outputs", "models")
     best = sorted(f for f in os.listdir(models) if f.endswith(".weights.h5"))[-1]
     # The error bars are calibrated on the validation split, never on the test split.
@@ -180,6 +169,22 @@ def main(argv=None):
           "1-sigma errors")
     print(events.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def trainer_arguments(args, data, weights):
+    """trainer1's command line for the demo's options (``args``)."""
+    return [
+        "--input_hdf5", data, "--input_trainset", "train_Events.npy",
+        "--input_validset", "valid_Events.npy", "--output_name", "demo_trainer",
+        "--epochs", args.epochs, "--patience", args.epochs, "--batch_size", args.batch_size,
+        "--convmixer_filters", args.convmixer_filters, "--convmixer_depth", args.convmixer_depth,
+        "--learning_rate", args.learning_rate, "--foundation_weights", weights,
+        "--seed", args.seed, "--verbose", 2, "--bn_recalibration", args.bn_recalibration,
+        "--monitor", args.monitor, "--lr_schedule", args.lr_schedule,
+        "--warmup_epochs", args.warmup_epochs,
+        *(["--freeze_foundation"] if args.freeze_foundation else []),
+        *(["--aleatoric", "--nll_beta", args.nll_beta] if args.aleatoric else []),
+        *(["--detach_variance"] if args.detach_variance and args.aleatoric else [])]
 
 
 def _sampling(args):

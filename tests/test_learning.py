@@ -280,3 +280,22 @@ def test_variance_head_run_with_recalibration_and_cosine_resumes_to_the_same_run
     assert "monitor: val_mae" in report and "best_val_mae:" in report
     assert json.load(open(os.path.join(whole["output_dir"], "run_config.json")))["monitor"] == \
         "val_mae"
+
+
+def test_the_demo_passes_its_training_recipe_to_trainer1():
+    import demo
+
+    parser = tr.build_parser()
+    default = parser.parse_args(
+        list(map(str, demo.trainer_arguments(demo.build_parser().parse_args([]), "d.hdf5",
+                                             "none"))))
+    assert (default.epochs, default.bn_recalibration, default.monitor, default.aleatoric,
+            default.nll_beta, default.detach_variance, default.freeze_foundation) == \
+        (7, 20, "auto", True, 1.0, True, True)
+    earlier = parser.parse_args(list(map(str, demo.trainer_arguments(
+        demo.build_parser().parse_args(["--no-aleatoric", "--bn_recalibration", "0",
+                                        "--no-freeze_foundation", "--lr_schedule", "cosine",
+                                        "--warmup_epochs", "0.5"]), "d.hdf5", "none"))))
+    assert (earlier.aleatoric, earlier.detach_variance, earlier.bn_recalibration,
+            earlier.freeze_foundation, earlier.lr_schedule, earlier.warmup_epochs) == \
+        (False, False, 0, False, "cosine", 0.5)
