@@ -1,9 +1,9 @@
 """Quick-start demo: synthetic California set -> trainer1 -> tester1 -> reader -> locator.
 
 Runs the five stage scripts exactly as a user would, in ``./demo_run/``, and
-prints the metrics table and the locator's per-event table last (320 s
-measured on a 2-core CPU with AVX-512, 454 s with TensorFlow running as on
-CPUs without AVX-512). The locator stage writes test-split events recorded
+prints the metrics table and the locator's per-event table last (times and
+the spread over seeds and CPU paths: README and docs/training.md, measured by
+``bench/seeds.py``). The locator stage writes test-split events recorded
 by two or more stations as miniSEED + StationXML + a picks CSV
 (``event_files/``, absolute times from one origin time per event) and
 locates them with the model just trained. The model has the variance head
@@ -11,13 +11,16 @@ locates them with the model just trained. The model has the variance head
 calibrated on the validation split (``--calibration_set valid_Events.npy``),
 so the report shows the raw and the calibrated coverage side by side.
 
-The demo trains a REDUCED ConvMixer head (64 filters, depth 4, ~1.3 M
-parameters) at learning rate 1e-3 for 5 epochs on 3 stations: the published
-head (512 filters, depth 10, lr 1e-4) trains at ~13 traces/s on such a CPU
-and does not learn within minutes. trainer1's defaults stay the published
-ones. The earlier, longer demo of the published model with Monte-Carlo error
-bars: ``--no-aleatoric --n_stations 6 --epochs 10 --number_of_sampling 20``
-(717 s). The foundation weights
+The demo trains a REDUCED ConvMixer head (64 filters, depth 4) at learning
+rate 1e-3 for 7 epochs on 3 stations with the U-Trans foundation kept fixed:
+the published head (512 filters, depth 10, lr 1e-4) trains at ~13 traces/s
+on such a CPU and does not learn within minutes. Its recipe (issue 29):
+BatchNormalization statistics re-estimated on 20 clean training batches
+before each validation, the best checkpoint by val_mae, the variance head
+detached with beta 1 so that it does not slow the mean. trainer1's defaults
+stay the published ones. The demo before that recipe: ``--epochs 5
+--no-freeze_foundation --bn_recalibration 0 --monitor val_loss --nll_beta 0.5
+--no-detach_variance``. The foundation weights
 are taken from --foundation_weights, $UTRANS_WEIGHTS or
 weights/UTrans_Foundation.h5, else the official file is fetched once into the
 cache and verified; where it cannot be fetched (no network) the demo says so
