@@ -30,6 +30,7 @@ Example::
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -93,6 +94,16 @@ def run_demo(args, folder, seed, onednn):
     return time.time() - start
 
 
+def demo_seconds(folder):
+    """The demo's wall time: as this bench timed it, else the total the demo printed
+    (a run whose sweep was interrupted), else NaN."""
+    timing = os.path.join(folder, "demo_seconds.txt")
+    if os.path.isfile(timing):
+        return float(open(timing).read())
+    totals = re.findall(r"; total (\d+) s", open(os.path.join(folder, "demo.log")).read())
+    return float(totals[-1]) if totals else np.nan
+
+
 def checkpoint_row(folder):
     """The epoch kept (the last checkpoint written) and the best val_mae epoch."""
     train = os.path.join(folder, "demo_trainer_outputs")
@@ -143,9 +154,8 @@ def main(argv=None):
             if seconds is not None:
                 with open(os.path.join(folder, "demo_seconds.txt"), "w") as fh:
                     fh.write(f"{seconds:.1f}\n")
-            timing = os.path.join(folder, "demo_seconds.txt")
             rows.append({"physics": args.physics, "seed": seed, "onednn": onednn,
-                         "demo_s": float(open(timing).read()) if os.path.isfile(timing) else np.nan,
+                         "demo_s": demo_seconds(folder),
                          **checkpoint_row(folder), **score(folder)})
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="{:.3f}".format),
                   flush=True)
