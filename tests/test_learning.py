@@ -299,3 +299,18 @@ def test_the_demo_passes_its_training_recipe_to_trainer1():
     assert (earlier.aleatoric, earlier.detach_variance, earlier.bn_recalibration,
             earlier.freeze_foundation, earlier.lr_schedule, earlier.warmup_epochs) == \
         (False, False, 0, False, "cosine", 0.5)
+
+
+def test_the_demo_knows_when_its_test_split_has_no_multi_station_event(synthetic):
+    """Seed 4 of the demo's data has none: the locator stage is skipped, not crashed into."""
+    import h5py
+
+    import demo
+
+    ids = np.load(synthetic["train"], allow_pickle=False)
+    with h5py.File(synthetic["hdf5"], "r") as fh:
+        sources = pd.Series([fh[t].attrs["source_id"] for t in ids])
+    shared = set(sources[sources.duplicated()])
+    assert shared and demo.multi_station_events(synthetic["hdf5"], ids)
+    alone = [t for t, s in zip(ids, sources) if s not in shared]
+    assert not demo.multi_station_events(synthetic["hdf5"], alone)
