@@ -126,7 +126,7 @@ def score(folder):
            "epi_ratio": mae["model"]["epicentral_km"] / mae["constant"]["epicentral_km"],
            "depth_mae_km": mae["model"]["depth_km"],
            "depth_constant_km": mae["constant"]["depth_km"]}
-    if metrics.std_parts(df) or "epicentral_km_std" in df.columns:
+    if metrics.STD_COLUMNS["epicentral_km"] in df.columns:   # the model has error bars
         coverage = metrics.coverage_table(df, errors).set_index("quantity")
         for q, short in (("epicentral_km", "epi"), ("depth_km", "depth")):
             row[f"cov1_{short}"] = coverage.loc[q, "coverage_1sigma"]

@@ -45,8 +45,9 @@ def batch_norm_layers(model):
 def dropout_off(model):
     """Every dropout of ``model`` (Dropout layers, those inside attention, stochastic
     depth) set to rate 0 for the block: a training-mode call then differs from
-    inference only in the BatchNormalization statistics. Eager calls only (a traced
-    function keeps the rate it was traced with)."""
+    inference only in the BatchNormalization statistics. It must be in force when a
+    function is traced (a traced function keeps the rate it was traced with):
+    :func:`recalibrate` calls every batch inside it."""
     saved = []
     for layer in model._flatten_layers(include_self=False):
         attr = ("rate" if isinstance(layer, keras.layers.Dropout)
