@@ -32,7 +32,7 @@ from utrans_loc import cli  # noqa: E402  (no backend import: it sets the enviro
 if __name__ == "__main__":
     cli.prepare_environment()
 
-from utrans_loc import locate, origins, waveforms  # noqa: E402
+from utrans_loc import locate, origins, velocity, waveforms  # noqa: E402
 
 
 def locator(input_waveforms=None,
@@ -51,8 +51,8 @@ def locator(input_waveforms=None,
             seed=None,
             batch_size=40,
             combine="hybrid",
-            vp=origins.VP_KM_S,
-            vs=origins.VS_KM_S,
+            vp=velocity.VP_KM_S,
+            vs=velocity.VS_KM_S,
             velocity_model=None,
             pick_std_s=(origins.PICK_STD_S["P"], origins.PICK_STD_S["S"]),
             model_error=origins.MODEL_ERROR,

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from obspy import UTCDateTime  # noqa: E402
 
-from utrans_loc import metrics, origins  # noqa: E402
+from utrans_loc import metrics, origins, velocity  # noqa: E402
 from utrans_loc.cli import Formatter  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def locate_all(results, arrivals, args):
     from utrans_loc.locate import combine_estimates
 
     rng = np.random.default_rng(0)
-    model = origins.HalfSpace(args.vp, args.vs)
+    model = velocity.HalfSpace(args.vp, args.vs)
     table = results.merge(arrivals[["trace_name", "event_id", "p_time", "s_time"]],
                           on="trace_name")
     rows = []

@@ -16,7 +16,7 @@ from conftest import ROOT, run_script, working_dir
 sys.path.insert(0, str(ROOT / "04_locate"))
 
 import locator as lc  # noqa: E402
-from utrans_loc import cli, locate, metrics, origins  # noqa: E402
+from utrans_loc import cli, locate, metrics, origins, velocity  # noqa: E402
 
 
 
@@ -100,7 +100,7 @@ def _event_table(estimate_offset_km=(0.0, 0.0, 0.0), s_late_s=0.0):
     """A located event of 3 stations as locate.locations_table gives it, and its S picks."""
     truth = {"lat": 35.5, "lon": -118.0, "depth": 10.0, "t0": UTCDateTime(2021, 5, 1, 12)}
     stations = [("AAA", 35.9, -118.3), ("BBB", 35.1, -117.7), ("CCC", 35.6, -117.4)]
-    model = origins.HalfSpace(6.0, 3.5)
+    model = velocity.HalfSpace(6.0, 3.5)
     plane = origins.Plane(truth["lat"], truth["lon"])
     rows, s_rows = [], []
     for code, lat, lon in stations:

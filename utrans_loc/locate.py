@@ -41,7 +41,7 @@ from obspy.core.event import (Arrival, Catalog, Comment, CreationInfo, Event, Or
                               ResourceIdentifier, WaveformStreamID)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, files, metrics, origins, prediction, uncertainty, waveforms
+from utrans_loc import checkpoints, files, metrics, origins, prediction, uncertainty, velocity, waveforms
 from utrans_loc.traces import bandpass_taper, check_finite
 
 DEFAULT_P_POSITION_S = 7.0
@@ -466,7 +466,7 @@ def check_origin_options(cfg):
     if cfg.combine not in COMBINE_METHODS:
         raise ValueError(f"--combine must be one of {', '.join(COMBINE_METHODS)}, got "
                          f"{cfg.combine!r}")
-    origins.check_velocities(cfg.vp, cfg.vs, "--vp/--vs")
+    velocity.check_velocities(cfg.vp, cfg.vs, "--vp/--vs")
     if len(cfg.pick_std_s) != 2 or not all(np.isfinite(v) and v > 0 for v in cfg.pick_std_s):
         raise ValueError(f"--pick_std_s must be two positive numbers (P, S), got "
                          f"{' '.join(map(str, cfg.pick_std_s))}")
@@ -479,7 +479,7 @@ def check_origin_options(cfg):
     if cfg.velocity_model is not None:
         if not os.path.isfile(cfg.velocity_model):
             raise FileNotFoundError(f"--velocity_model file not found: {cfg.velocity_model}")
-        origins.read_layers(cfg.velocity_model)
+        velocity.read_layers(cfg.velocity_model)
 
 
 class TravelTimes:
@@ -491,7 +491,7 @@ class TravelTimes:
     @property
     def model(self):
         if self._model is None:
-            self._model = origins.velocity_model(self.cfg.vp, self.cfg.vs, self.cfg.velocity_model)
+            self._model = velocity.velocity_model(self.cfg.vp, self.cfg.vs, self.cfg.velocity_model)
         return self._model
 
 
