@@ -174,6 +174,8 @@ def main(argv=None):
           f"{os.path.join(work, 'event_files')}; preferred location (as in events.xml) vs truth, "
           "1-sigma errors")
     print(events.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if os.path.isfile(os.path.join(work, TRUTH_MAP)):
+        print(f"map of the estimates with the true epicentres: {os.path.join(work, TRUTH_MAP)}")
     return 0
 
 
@@ -245,7 +247,35 @@ def _locate(work, data, model, args):
     table = compare_with_truth(
         pd.read_csv(os.path.join(work, "demo_locator_outputs", EVENTS_CSV_NAME)),
         pd.read_csv(example["truth"]))
+    truth_map(work, example["truth"])
     return time.time() - start, table
+
+
+TRUTH_MAP = os.path.join("demo_locator_outputs", "figures", "map_truth.png")
+
+
+def truth_map(work, truth_csv):
+    """The locator's map with the true epicentres drawn beside the estimates, as an extra
+    file (:data:`TRUTH_MAP` in ``work``) next to the locator's own ``map.png``, which is
+    left as the run wrote it; an existing file is never replaced. Returns its path or None."""
+    import pandas as pd
+
+    from utrans_loc import figures
+    from utrans_loc.locate import EVENTS_CSV_NAME, LOCATIONS_NAME
+
+    path = os.path.join(work, TRUTH_MAP)
+    if os.path.exists(path):
+        print(f"demo: {path} exists; it is kept (no map with the truth drawn)", file=sys.stderr)
+        return None
+    ids = {"event_id": str}
+    outputs = os.path.join(work, "demo_locator_outputs")
+    locations = pd.read_csv(os.path.join(outputs, LOCATIONS_NAME), dtype=ids)
+    if not len(locations):
+        return None
+    events = pd.read_csv(os.path.join(outputs, EVENTS_CSV_NAME), dtype=ids)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return figures.location_map(locations, events[events["method"] != "single-station"], path,
+                                truth=pd.read_csv(truth_csv, dtype=ids))
 
 
 if __name__ == "__main__":

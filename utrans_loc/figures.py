@@ -188,20 +188,118 @@ def plot_history(history, path):
     return path
 
 
-def location_map(locations, combined, path):
+def _degree_formatter(positive, negative):
+    """Tick labels in degrees with a hemisphere letter (``117.25°W``, ``33.5°N``).
+
+    As many decimals as the tick spacing needs and no more, so that labels stay
+    short; never an offset ("+1.17e2") nor scientific notation.
+    """
+    from matplotlib.ticker import Formatter
+
+    class DegreeFormatter(Formatter):
+        decimals = 0
+
+        def set_locs(self, locs):
+            super().set_locs(locs)
+            locs = np.asarray(locs, float)
+            locs = locs[np.isfinite(locs)]
+            self.decimals = next((d for d in range(7)
+                                  if np.allclose(np.round(locs, d), locs, rtol=0, atol=1e-9)), 6)
+
+        def __call__(self, x, pos=None):
+            x = round(float(x), self.decimals)
+            hemisphere = positive if x > 0 else negative if x < 0 else ''
+            return f'{abs(x):.{self.decimals}f}\N{DEGREE SIGN}{hemisphere}'
+
+    return DegreeFormatter()
+
+
+def _label_boxes(ax, axis, renderer):
+    """Window extents of the tick labels ``axis`` ('x' or 'y') draws (inside the view)."""
+    lo, hi = sorted(ax.get_xlim() if axis == 'x' else ax.get_ylim())
+    tol = 1e-9 * max(1.0, abs(hi - lo))
+    boxes = []
+    for label in (ax.get_xticklabels() if axis == 'x' else ax.get_yticklabels()):
+        where = label.get_position()[0 if axis == 'x' else 1]
+        if label.get_visible() and label.get_text() and lo - tol <= where <= hi + tol:
+            boxes.append(label.get_window_extent(renderer))
+    return boxes
+
+
+def _overlapping(boxes, pad):
+    """Whether any two boxes (display units) come closer than ``pad`` pixels."""
+    return any(a.x0 - pad < b.x1 and b.x0 - pad < a.x1 and a.y0 - pad < b.y1 and b.y0 - pad < a.y1
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def _map_axes(ax, mean_lat, nbins=6):
+    """Degree ticks that never overlap, at equal ground distance per degree on both axes.
+
+    The aspect (1/cos(mean latitude)) is reached by widening the data limits, not by
+    shrinking the axes box (``adjustable='datalim'``): the box keeps the figure's size
+    whatever the extent, so a tall narrow region cannot squeeze its longitude labels
+    together. At most ``nbins`` + 1 ticks per axis; where labels come closer than half
+    a character once drawn (long labels of a small extent), fewer ticks are used.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_aspect(1.0 / np.cos(np.deg2rad(mean_lat)), adjustable='datalim')
+    ax.xaxis.set_major_formatter(_degree_formatter('E', 'W'))
+    ax.yaxis.set_major_formatter(_degree_formatter('N', 'S'))
+    for n in range(nbins, 0, -1):
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]))
+        ax.figure.canvas.draw()
+        renderer = ax.figure.canvas.get_renderer()
+        # at least half a character apart (half the label font size, in pixels)
+        labels = ax.xaxis.get_ticklabels()
+        pad = 0.5 * (labels[0].get_fontsize() if labels else 10.0) * ax.figure.dpi / 72.0
+        if not (_overlapping(_label_boxes(ax, 'x', renderer), pad)
+                or _overlapping(_label_boxes(ax, 'y', renderer), pad)):
+            break
+
+
+def _preferred_origins(locations, combined):
+    """event_id -> (lon, lat) of each event's preferred origin: its combined origin, else
+    its (first) single-station estimate, as in the locator's events.csv."""
+    where = {}
+    if 'event_id' in locations:
+        for event_id, lon, lat in zip(locations['event_id'].astype(str),
+                                      locations['pred_event_lon'].to_numpy(float),
+                                      locations['pred_event_lat'].to_numpy(float)):
+            where.setdefault(event_id, (lon, lat))
+    if len(combined) and 'event_id' in combined:
+        for event_id, lon, lat in zip(combined['event_id'].astype(str),
+                                      combined['longitude'].to_numpy(float),
+                                      combined['latitude'].to_numpy(float)):
+            where[event_id] = (lon, lat)
+    return where
+
+
+def location_map(locations, combined, path, truth=None):
     """Map of a locator run: stations, single-station estimates, combined origins.
+
+    Tick labels are degrees with a hemisphere letter, at most seven per axis, and
+    never overlap whatever the extent; both axes have equal ground distance per
+    degree at the map's mean latitude.
 
     Parameters
     ----------
     locations : pandas.DataFrame
         One row per located pick: ``station_lat, station_lon,
-        pred_event_lat, pred_event_lon`` and, when sampled,
-        ``pred_event_lat_std, pred_event_lon_std`` (degrees), drawn as
-        1-sigma ellipses (axes along north and east).
+        pred_event_lat, pred_event_lon`` (and ``event_id``, used with ``truth``)
+        and, when sampled, ``pred_event_lat_std, pred_event_lon_std``
+        (degrees), drawn as 1-sigma ellipses (axes along north and east).
     combined : pandas.DataFrame
-        ``latitude, longitude`` of the origins combining 2+ stations (may be empty).
+        ``latitude, longitude`` (and ``event_id``) of the origins combining
+        2+ stations (may be empty).
     path : str or os.PathLike
         PNG file to write (atomically).
+    truth : pandas.DataFrame, optional
+        ``event_id, latitude, longitude[, depth_km]``: the true epicentres where
+        they are known (synthetic data), drawn as green crosses, each joined by a
+        dashed line to its event's preferred origin (the combined origin, else
+        the event's single-station estimate).
     """
     from matplotlib.collections import LineCollection
     from matplotlib.patches import Ellipse
@@ -226,11 +324,25 @@ def location_map(locations, combined, path):
     st = locations[['station_lon', 'station_lat']].drop_duplicates()
     ax.scatter(st['station_lon'], st['station_lat'], marker='^', s=50, c='k', label='station',
                zorder=4)
-    # Equal ground distance per degree on both axes at the mean latitude.
-    ax.set_aspect(1.0 / np.cos(np.deg2rad(locations['station_lat'].mean())))
+    lats = [locations['station_lat'].to_numpy(float), locations['pred_event_lat'].to_numpy(float)]
+    if truth is not None and len(truth):
+        preferred = _preferred_origins(locations, combined)
+        links = [((lon, lat), preferred[str(event_id)])
+                 for event_id, lon, lat in zip(truth['event_id'],
+                                               truth['longitude'].to_numpy(float),
+                                               truth['latitude'].to_numpy(float))
+                 if str(event_id) in preferred]
+        if links:
+            ax.add_collection(LineCollection(links, colors='tab:green', linewidths=1.2,
+                                             linestyles='--', zorder=6,
+                                             label='true epicentre to preferred origin'))
+        ax.scatter(truth['longitude'], truth['latitude'], marker='X', s=90, c='tab:green',
+                   edgecolors='k', linewidths=0.6, label='true epicentre', zorder=7)
+        lats.append(truth['latitude'].to_numpy(float))
     ax.autoscale_view()
-    ax.ticklabel_format(useOffset=False)   # plain degrees, not "-1.171e2 + 0.05"
-    ax.set_xlabel('longitude (deg)')
-    ax.set_ylabel('latitude (deg)')
+    ax.set_xlabel('longitude')
+    ax.set_ylabel('latitude')
     ax.legend(loc='best', fontsize=8)
+    lats = np.concatenate(lats)
+    _map_axes(ax, 0.5 * (np.nanmin(lats) + np.nanmax(lats)))
     return _save(fig, path)
