@@ -609,7 +609,7 @@ def write_event_files(hdf5, trace_ids, out_dir, n_events=4, min_stations=2):
     from obspy import UTCDateTime
 
     from utrans_loc import files
-    from utrans_loc.waveforms import write_enz_inventory, write_enz_mseed
+    from utrans_loc.exporters import write_enz_inventory, write_enz_mseed
 
     with h5py.File(hdf5, "r") as f:
         traces = pd.DataFrame([{"trace": str(t), **{k: f[str(t)].attrs[k] for k in (

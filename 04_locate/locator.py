@@ -168,7 +168,7 @@ def locator(input_waveforms=None,
         ``output_dir``, ``locations``, ``events`` (events.csv's table),
         ``skipped`` and ``s_picks`` (the S
         picks with their station's coordinates) (DataFrames), ``stations``
-        (the inventory read, :class:`utrans_loc.waveforms.Stations`),
+        (the inventory read, :class:`utrans_loc.stations.Stations`),
         ``catalog`` (obspy Catalog), ``pred`` (model outputs), ``x`` (model
         inputs), ``settings``, ``timings``, ``time_s``.
     """

@@ -67,7 +67,7 @@ def write_archive(workdir, days, n_picks, seed):
     import pandas as pd
     from obspy import Trace, UTCDateTime
 
-    from utrans_loc import files, waveforms
+    from utrans_loc import exporters, files
 
     staged = workdir / "days"          # one SDS tree per day, linked into the archives
     marker = workdir / MARKER
@@ -88,7 +88,7 @@ def write_archive(workdir, days, n_picks, seed):
         traces = [Trace((rng.standard_normal(8_640_000) * 500).astype(np.int32), header={
             "network": STATION[0], "station": STATION[1], "channel": "HH" + c,
             "sampling_rate": 100.0, "starttime": first + 86400 * day}) for c in "ENZ"]
-        waveforms.write_sds(traces, staged / f"day{day:02d}", encoding="STEIM2", reclen=4096)
+        exporters.write_sds(traces, staged / f"day{day:02d}", encoding="STEIM2", reclen=4096)
         print(f"day {day + 1}/{max(days)} written ({time.time() - start:.0f} s)", flush=True)
     # Each archive: hard links to its first n days (the same bytes, no copy).
     for n in sorted(set(days)):
@@ -97,7 +97,7 @@ def write_archive(workdir, days, n_picks, seed):
                 target = workdir / f"archive_{n}d" / path.relative_to(staged / f"day{day:02d}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(path, target)
-    waveforms.write_enz_inventory({STATION: (*COORDINATES, {"HH"})}, workdir / "stations.xml",
+    exporters.write_enz_inventory({STATION: (*COORDINATES, {"HH"})}, workdir / "stations.xml",
                                   "bench/locator_memory.py")
     times = sorted(first + 600 + float(x) for x in rng.uniform(0, 86400 - 1200, n_picks))
     pd.DataFrame({"network": STATION[0], "station": STATION[1],

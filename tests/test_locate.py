@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT / "04_locate"))
 
 import EqT_utils_Loc_California as U  # noqa: E402
 import locator as lc  # noqa: E402
-from utrans_loc import checkpoints, cli, devices, locate, waveforms  # noqa: E402
+from utrans_loc import checkpoints, cli, devices, exporters, locate, waveforms  # noqa: E402
+from utrans_loc import picks as pick_files  # noqa: E402
+from utrans_loc import stations as station_files  # noqa: E402
 
 CKPT = PARITY / "location_ckpt_keras2.h5"
 PRED = ["pred_event_lat", "pred_event_lon", "pred_depth_km"]
@@ -48,7 +50,7 @@ def files(tmp_path_factory):
     """The 50 STEAD traces as miniSEED + StationXML + picks, and three variants of
     station 109C: horizontals rotated to 1/2 (azimuth 30/120), 40 Hz and 200 Hz."""
     tmp = tmp_path_factory.mktemp("locate_files")
-    paths = waveforms.export_stead(need(STEAD_SAMPLE), str(tmp / "stead"))
+    paths = exporters.export_stead(need(STEAD_SAMPLE), str(tmp / "stead"))
     variants = tmp / "variants"
     variants.mkdir()
     for name in sorted(os.listdir(paths["waveforms"])):
@@ -290,7 +292,7 @@ def _stations(tmp_path, channels="ENZ", csv=False):
     if csv:
         path = tmp_path / "stations.csv"
         path.write_text("network,station,latitude,longitude\nXX,STA,34.0,-118.0\n")
-        return waveforms.read_stations(path)
+        return station_files.read_stations(path)
     from obspy.core.inventory import Inventory, Network
     orient = {"E": (90.0, 0.0), "N": (0.0, 0.0), "Z": (0.0, -90.0), "1": (30.0, 0.0),
               "2": (120.0, 0.0)}
@@ -300,7 +302,7 @@ def _stations(tmp_path, channels="ENZ", csv=False):
                           elevation=0.0, depth=0.0, azimuth=orient[c][0], dip=orient[c][1])
                   for band in ("HH", "BH") for c in channels])])], source="test")
     inv.write(str(tmp_path / "stations.xml"), format="STATIONXML")
-    return waveforms.read_stations(tmp_path / "stations.xml")
+    return station_files.read_stations(tmp_path / "stations.xml")
 
 
 def _traces(band="HH", comps="ENZ", rate=100.0, start=T0, seconds=120.0, seed=0):
@@ -357,7 +359,7 @@ def test_bad_picks_raise_one_line_naming_station_and_time(tmp_path, case, messag
         traces = _traces("LH", rate=1.0)
     elif case == "NaN":
         traces[1].data[4000] = np.nan
-    with pytest.raises(waveforms.PickError) as err:
+    with pytest.raises(pick_files.PickError) as err:
         if case == "not in inventory":
             stations.coordinates("XX", "NOPE", p_time)
         _cut(traces, stations, p_time=p_time)
@@ -381,7 +383,7 @@ def test_short_gap_is_interpolated(tmp_path):
 def test_rotation_needs_orientations(tmp_path):
     traces = _traces(comps="12Z")
     assert _cut(traces, _stations(tmp_path, channels="12Z")).rotated
-    with pytest.raises(waveforms.PickError, match="CSV inventory"):
+    with pytest.raises(pick_files.PickError, match="CSV inventory"):
         _cut(traces, _stations(tmp_path, csv=True))
     window = _cut(_traces(), _stations(tmp_path, csv=True))   # E/N/Z with a CSV: as they are
     assert not window.rotated
@@ -393,8 +395,8 @@ def test_quakeml_picks_read_like_csv(files, tmp_path):
                                 waveform_id=WaveformStreamID(row.network, row.station))])
               for row in table.itertuples()]
     Catalog(events=events).write(str(tmp_path / "picks.xml"), format="QUAKEML")
-    picks = waveforms.read_picks(tmp_path / "picks.xml")
-    csv = waveforms.read_picks(files["picks"])
+    picks = pick_files.read_picks(tmp_path / "picks.xml")
+    csv = pick_files.read_picks(files["picks"])
     assert list(picks["station"]) == list(csv["station"][:4])
     assert all(a == b for a, b in zip(picks["time"], csv["time"][:4]))
     assert picks["event_id"].nunique() == 4
@@ -556,7 +558,7 @@ def test_sds_archive_gives_the_files_locations_bit_for_bit(files, located, model
     """The 50 STEAD traces of 109C written as an SDS archive (day files): --input_sds gives
     the same model inputs and predictions as the miniSEED files."""
     stream = read(os.path.join(files["waveforms"], "*.mseed"))
-    waveforms.write_sds(stream, tmp_path / "sds")
+    exporters.write_sds(stream, tmp_path / "sds")
     cfg = _config(None, files["inventory"], files["picks"], "sds", input_sds=str(tmp_path / "sds"),
                   figures=False)
     with working_dir(tmp_path):

@@ -3,7 +3,7 @@
 ``04_locate/locator.py`` holds the signature, its documentation and the
 command line and hands one :class:`LocateConfig` to :func:`run`. Waveforms
 are read by time span, from files indexed by their headers or from an SDS
-archive (:func:`utrans_loc.waveforms.open_waveforms`); picks of one station
+archive (:func:`utrans_loc.sources.open_waveforms`); picks of one station
 close in time share one read. Each P pick
 becomes a model window (:mod:`utrans_loc.waveforms`), band-passed as the
 training data were (:func:`utrans_loc.traces.bandpass_taper`) and normalised
@@ -42,6 +42,7 @@ from obspy.core.event import (Arrival, Catalog, Comment, CreationInfo, Event, Or
 
 import EqT_utils_Loc_California as U
 from utrans_loc import checkpoints, files, metrics, origins, prediction, uncertainty, velocity, waveforms
+from utrans_loc import picks as pick_files, sources, stations as station_files
 from utrans_loc.traces import bandpass_taper, check_finite
 
 DEFAULT_P_POSITION_S = 7.0
@@ -111,14 +112,14 @@ def run(cfg, model=None):
     settings = model_settings(cfg)
     prediction.check_calibration_spread(cfg, settings)
     calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
-    picks = waveforms.read_picks(cfg.input_picks)
+    picks = pick_files.read_picks(cfg.input_picks)
     p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
     if cfg.verbose:
         kept = f" (and {len(s_picks)} S pick(s) kept)" if len(s_picks) else ""
         print(prediction.start_line("locator", f"locating {len(p_picks)} P pick(s){kept} of "
                                                f"{cfg.input_picks} with {cfg.input_model}"))
-    stations = waveforms.read_stations(cfg.input_inventory)
-    source = waveforms.open_waveforms(cfg.input_waveforms, cfg.input_sds)
+    stations = station_files.read_stations(cfg.input_inventory)
+    source = sources.open_waveforms(cfg.input_waveforms, cfg.input_sds)
     timings = {"read_s": time.time() - start}
     located, windows, skipped = prepare_windows(p_picks, source, stations, settings, cfg)
     s_table, s_skipped = station_picks(s_picks, stations)
@@ -171,7 +172,7 @@ def nothing_located(path, picks, skipped):
 
 
 def skip_row(pick, reason):
-    """One row of skipped.csv for a pick (a row of :func:`waveforms.read_picks`'
+    """One row of skipped.csv for a pick (a row of :func:`picks.read_picks`'
     table); ``index`` keeps the file order."""
     return {"index": pick.Index, "network": pick.network, "station": pick.station,
             "phase": pick.phase if isinstance(pick.phase, str) else "",
@@ -204,7 +205,7 @@ def station_picks(picks, stations):
     for pick in picks.itertuples():
         try:
             lat, lon, elevation = stations.coordinates(pick.network, pick.station, pick.time)
-        except waveforms.PickError as err:
+        except pick_files.PickError as err:
             skipped.append(skip_row(pick, str(err)))
             continue
         index.append(pick.Index)     # the pick's place in the file, for skipped.csv's order
@@ -226,7 +227,7 @@ def s_picks_of_located_events(s_table, table):
     """
     located = set(table["event_id"].astype(str))
     keep = s_table["event_id"].astype(str).isin(located).to_numpy()
-    orphans = [skip_row(row, f"{waveforms.pick_label(row.network, row.station, row.time)}: "
+    orphans = [skip_row(row, f"{pick_files.pick_label(row.network, row.station, row.time)}: "
                              f"S pick of event {row.event_id}, which has no located P pick (an "
                              "S pick joins its event's P picks by event_id)")
                for row in s_table[~keep].itertuples()]
@@ -235,7 +236,7 @@ def s_picks_of_located_events(s_table, table):
 
 def check_parameters(cfg):
     """Reject impossible settings before any file is read."""
-    waveforms.check_waveform_options(cfg.input_waveforms, cfg.input_sds)
+    sources.check_waveform_options(cfg.input_waveforms, cfg.input_sds)
     prediction.check_sampling_options(cfg)
     check_origin_options(cfg)
     if not cfg.max_gap_s >= 0:
@@ -268,16 +269,16 @@ def prepare_windows(picks, source, stations, settings, cfg):
     """Windows of the P picks that can be used; the others with their reason.
 
     Picks of one station whose windows are close in time share one read of
-    ``source`` (:func:`waveforms.read_spans`), each read only the span its
-    windows need plus :data:`waveforms.READ_MARGIN_S`; the data of one read
+    ``source`` (:func:`sources.read_spans`), each read only the span its
+    windows need plus :data:`sources.READ_MARGIN_S`; the data of one read
     are dropped before the next, so memory follows the windows, not the
     archive.
 
     Parameters
     ----------
     picks : pandas.DataFrame
-        P picks (rows of :func:`waveforms.read_picks`, its index kept).
-    source : waveforms.WaveformFiles or waveforms.SDSArchive
+        P picks (rows of :func:`picks.read_picks`, its index kept).
+    source : sources.WaveformFiles or sources.SDSArchive
 
     Returns
     -------
@@ -294,36 +295,36 @@ def prepare_windows(picks, source, stations, settings, cfg):
             else float(pick.p_position_s)
         try:
             if not 0 <= position < length_s:
-                raise waveforms.PickError(
-                    f"{waveforms.pick_label(pick.network, pick.station, pick.time)}: "
+                raise pick_files.PickError(
+                    f"{pick_files.pick_label(pick.network, pick.station, pick.time)}: "
                     f"p_position_s {position} outside [0, {length_s:g}) s")
             coordinates = stations.coordinates(pick.network, pick.station, pick.time)
-        except waveforms.PickError as err:
+        except pick_files.PickError as err:
             skipped.append(skip_row(pick, str(err)))
             continue
         first = pick.time - position
         spans.setdefault((pick.network, pick.station), []).append(
             (first, first + (npts - 1) / waveforms.SAMPLING_RATE, (pick, position, coordinates)))
-    margin = waveforms.READ_MARGIN_S
+    margin = sources.READ_MARGIN_S
     for (network, station), station_spans in spans.items():
-        for first, last, group in waveforms.read_spans(station_spans):
+        for first, last, group in sources.read_spans(station_spans):
             try:
                 traces, error = source.read(network, station, first - margin, last + margin), ""
-            except waveforms.WaveformReadError as err:
+            except sources.WaveformReadError as err:
                 traces, error = [], str(err)
             for pick, position, coordinates in group:
-                label = waveforms.pick_label(network, station, pick.time)
+                label = pick_files.pick_label(network, station, pick.time)
                 window_start = pick.time - position
                 try:
                     if error or not traces:
-                        raise waveforms.PickError(f"{label}: " + (error or source.no_data(
+                        raise pick_files.PickError(f"{label}: " + (error or source.no_data(
                             network, station, window_start,
                             window_start + (npts - 1) / waveforms.SAMPLING_RATE)))
                     window = waveforms.cut_window(
                         traces, network, station, pick.time, position, stations, npts=npts,
                         channel_priority=tuple(cfg.channel_priority), max_gap_s=cfg.max_gap_s,
                         location=pick.location)
-                except waveforms.PickError as err:
+                except pick_files.PickError as err:
                     skipped.append(skip_row(pick, str(err)))
                     continue
                 made[pick.Index] = (pick, position, coordinates, window)
