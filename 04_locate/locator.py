@@ -78,7 +78,7 @@ def locator(input_waveforms=None,
         or a CSV ``network,station,latitude,longitude`` (optional
         ``elevation``; no orientations, so channels must be E/N/Z).
     input_picks : str
-        CSV ``network,station,p_time`` (ISO 8601 UTC; the column may be
+        CSV ``network,station,p_time`` (ISO 8601 UTC, or POSIX seconds; the column may be
         called ``time``), optional ``phase`` (P when absent; P, Pg, Pn, Pb,
         S, Sg, Sn, Sb), ``event_id`` (picks sharing one are combined into one
         event), ``location`` and ``p_position_s`` (this pick's P position in

@@ -10,9 +10,11 @@ Must not import keras: reading and checking the inputs needs no backend.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
+import warnings
 from typing import Protocol
 
 from utrans_loc.waveforms import RESAMPLE_MARGIN_S
@@ -67,6 +69,37 @@ class WaveformReadError(ValueError):
     """Data that could not be read for a span (the message names the file or archive)."""
 
 
+@contextlib.contextmanager
+def mseed_warnings(where, said, key=None, unit="file"):
+    """Gather ObsPy's miniSEED warnings raised inside into one line on stderr.
+
+    A corrupt file makes libmseed warn once per bad record (dozens of lines);
+    this says ``warning: <where>: N miniSEED warning(s), first: <message>;
+    later ones of this <unit> are not shown`` instead, once per ``key``
+    (default ``where``): ``said`` holds the keys already said. Said also when
+    the read fails. Other warnings pass on unchanged.
+    """
+    from obspy.io.mseed import InternalMSEEDWarning
+
+    key = where if key is None else key
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        mseed = [w for w in caught if issubclass(w.category, InternalMSEEDWarning) or
+                 "mseed" in os.path.normpath(w.filename).split(os.sep)]
+        for w in caught:
+            if not any(w is m for m in mseed):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if mseed and key not in said:
+            said.add(key)
+            print(f"warning: {where}: {len(mseed)} miniSEED warning(s), first: "
+                  f"{_one_line(mseed[0].message)}; later ones of this {unit} are not shown",
+                  file=sys.stderr)
+
+
 class WaveformFiles:
     """Waveform files (folder or glob) indexed by their headers, read by time span.
 
@@ -75,7 +108,9 @@ class WaveformFiles:
     only the files that overlap a span, and only that span of them (for
     miniSEED ObsPy finds the records by bisection). Files ObsPy cannot read
     (a README, the StationXML in the same folder) are skipped, one warning
-    naming how many and the first.
+    naming how many and the first. A file that reads with miniSEED warnings
+    (corrupt records, skipped) is said once, on one line
+    (:func:`mseed_warnings`).
     """
 
     def __init__(self, spec):
@@ -83,10 +118,11 @@ class WaveformFiles:
 
         self.spec = str(spec)
         self.where = f"the waveform files {self.spec}"
-        self.index, unreadable = {}, []
+        self.index, unreadable, self.said = {}, [], set()
         for name in waveform_files(self.spec):
             try:
-                stream = read(name, headonly=True)
+                with mseed_warnings(name, self.said):
+                    stream = read(name, headonly=True)
             except Exception as err:   # ObsPy raises many types for a file it cannot parse
                 unreadable.append(f"{name} ({type(err).__name__})")
                 continue
@@ -107,7 +143,8 @@ class WaveformFiles:
         traces = []
         for name in names:
             try:
-                stream = read(name, starttime=start, endtime=end)
+                with mseed_warnings(name, self.said):
+                    stream = read(name, starttime=start, endtime=end)
             except Exception as err:   # ObsPy raises many types for a file it cannot parse
                 raise WaveformReadError(f"cannot read {start} - {end} of {name} "
                                         f"({type(err).__name__}: {_one_line(err)})") from None
@@ -130,7 +167,9 @@ class WaveformFiles:
 
 class SDSArchive:
     """An SDS archive (``YEAR/NET/STA/CHAN.D/NET.STA.LOC.CHAN.D.YEAR.DOY``) read by time span
-    through ObsPy's :class:`obspy.clients.filesystem.sds.Client`."""
+    through ObsPy's :class:`obspy.clients.filesystem.sds.Client`. miniSEED warnings are
+    said on one line per station (the client does not name the file;
+    :func:`mseed_warnings`)."""
 
     def __init__(self, root):
         from obspy.clients.filesystem.sds import Client
@@ -138,13 +177,16 @@ class SDSArchive:
         self.root = check_sds_root(root)
         self.where = f"the SDS archive {self.root}"
         self.client = Client(self.root)
+        self.said = set()
 
     def read(self, network, station, start, end):
         """The station's traces within ``start`` - ``end`` (every channel and location);
         pieces are not merged here (:func:`cut_window` merges as for files)."""
         try:
-            stream = self.client.get_waveforms(network, station, "*", "*", start, end,
-                                               merge=None)
+            with mseed_warnings(f"{network}.{station} in {self.where}, {start} - {end}",
+                                self.said, key=(network, station), unit="station"):
+                stream = self.client.get_waveforms(network, station, "*", "*", start, end,
+                                                   merge=None)
         except Exception as err:   # ObsPy raises many types for a file it cannot parse
             raise WaveformReadError(f"cannot read {network}.{station} {start} - {end} from "
                                     f"{self.where} ({type(err).__name__}: {_one_line(err)})"

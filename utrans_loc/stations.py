@@ -9,11 +9,12 @@ Must not import keras: reading and checking the inputs needs no backend.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
 
-from utrans_loc.picks import PickError, _looks_like_csv, pick_label
+from utrans_loc.picks import PickError, _csv_rows, _looks_like_csv, pick_label
 
 STATION_COLUMNS = ("network", "station", "latitude", "longitude")
 
@@ -29,7 +30,11 @@ class Stations:
         self.path, self.inventory, self.table = str(path), inventory, table
 
     def coordinates(self, network, station, time):
-        """(latitude, longitude, elevation_m) of the station at ``time``; PickError if absent."""
+        """(latitude, longitude, elevation_m) of the station at ``time``; PickError if absent.
+
+        A station of the inventory whose epochs (or its network's, or its
+        channels') do not cover ``time`` is said to be so, with the epochs.
+        """
         if self.table is not None:
             rows = self.table[(self.table["network"] == network) &
                               (self.table["station"] == station)]
@@ -41,8 +46,36 @@ class Stations:
                 for sta in net.stations:
                     if net.code == network and sta.code == station:
                         return float(sta.latitude), float(sta.longitude), float(sta.elevation or 0)
+            why = self._not_at(network, station, time)
+            if why:
+                raise PickError(f"{pick_label(network, station, time)}: station in the inventory "
+                                f"{self.path} but {why} the pick time")
         raise PickError(f"{pick_label(network, station, time)}: station not in the inventory "
                         f"{self.path}")
+
+    def _not_at(self, network, station, time):
+        """Which epochs of an inventory's station miss ``time`` ('its epochs (a - b) do not
+        cover'), or None where the inventory has no such station."""
+        networks, stations, channels = [], [], []
+        for net in self.inventory.select(network=network, station=station):
+            for sta in net.stations:
+                if net.code != network or sta.code != station:
+                    continue
+                if not net.is_active(time=time):
+                    networks.append(net)
+                elif not sta.is_active(time=time):
+                    stations.append(sta)
+                else:
+                    channels += sta.channels
+        for owner, items in (("its channels'", channels), ("its", stations),
+                             (f"network {network}'s", networks)):
+            spans = list(dict.fromkeys(f"{item.start_date or '(no start date)'} - "
+                                       f"{item.end_date or '(no end date)'}" for item in items))
+            if spans:
+                plural = len(spans) > 1
+                return (f"{owner} epoch{'s' if plural else ''} ({'; '.join(spans)}) "
+                        f"do{'' if plural else 'es'} not cover")
+        return None
 
     def orientation(self, seed_id, time):
         """(azimuth, dip) in degrees of a channel at ``time``; None where unknown."""
@@ -61,31 +94,85 @@ class Stations:
 
 def read_stations(path):
     """Station metadata: StationXML (any inventory ObsPy reads) or a CSV
-    ``network,station,latitude,longitude`` (optional ``elevation``, m)."""
+    ``network,station,latitude,longitude`` (optional ``elevation``, m; empty: 0).
+
+    A CSV row without a station code, or whose latitude, longitude or
+    elevation is not a number (blank, text, NaN; latitude outside [-90, 90],
+    longitude outside [-180, 360]), and a StationXML station without a
+    latitude or longitude refuse the file: ValueError naming the file, the
+    line and the station.
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"inventory file not found: {path}")
     if _looks_like_csv(path, "latitude"):
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        missing = [c for c in STATION_COLUMNS if c not in table.columns]
-        if missing:
-            raise ValueError(f"{path}: station CSV lacks column(s) {', '.join(missing)}")
-        for col in ("network", "station"):
-            table[col] = table[col].str.strip()
-        if "elevation" not in table:
-            table["elevation"] = "0"
-        table["elevation"] = table["elevation"].replace("", "0")
-        try:
-            for col in ("latitude", "longitude", "elevation"):
-                table[col] = table[col].replace("", "nan").astype(float)
-        except ValueError as err:
-            raise ValueError(f"{path}: station coordinates must be numbers ({err})") from None
-        return Stations(path, table=table)
+        return Stations(path, table=_station_table(path))
     from obspy import read_inventory
 
     try:
         inventory = read_inventory(path)
     except Exception as err:   # ObsPy raises many types for a file it cannot parse
-        raise ValueError(f"{path}: neither StationXML nor a CSV with columns "
-                         f"{', '.join(STATION_COLUMNS)} ({type(err).__name__}: {err})") from None
+        raise ValueError(_without_coordinates(path) or (
+            f"{path}: neither StationXML nor a CSV with columns {', '.join(STATION_COLUMNS)} "
+            f"({type(err).__name__}: {err})")) from None
     return Stations(path, inventory=inventory)
+
+
+def _station_table(path):
+    """The CSV inventory as a table (coordinates float); ValueError naming a bad row's line."""
+    header, rows = _csv_rows(path)
+    missing = [c for c in STATION_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{path}: station CSV lacks column(s) {', '.join(missing)}")
+    column = {name: i for i, name in reversed(list(enumerate(header)))}   # first one wins
+    records = []
+    for line, fields in rows:
+        if len(fields) > len(header):
+            raise ValueError(f"{path}, line {line}: {len(fields)} fields where the header has "
+                             f"{len(header)} (a comma inside a value: a decimal comma?)")
+        fields = [f.strip() for f in fields] + [""] * (len(header) - len(fields))
+        record = {name: fields[i] for name, i in column.items()}
+        where = f"{path}, line {line}: station {record['network']}.{record['station']}"
+        if not record["station"]:
+            raise ValueError(f"{path}, line {line}: no station code")
+        record["elevation"] = record.get("elevation") or "0"
+        for name, low, high in (("latitude", -90, 90), ("longitude", -180, 360),
+                                ("elevation", -math.inf, math.inf)):
+            text = record[name]
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and low <= value <= high):
+                limits = f" in [{low}, {high}]" if math.isfinite(low) else " (m; empty: 0)"
+                raise ValueError(f"{where}: {name} {text!r} is not a number{limits}")
+            record[name] = value
+        records.append(record)
+    columns = list(dict.fromkeys(list(column) + ["elevation"]))
+    return pd.DataFrame(records, columns=columns)
+
+
+def _without_coordinates(path):
+    """'<path>, line N: station NET.STA has no Latitude' for the first Station of a
+    StationXML file without a usable latitude or longitude; None where there is none
+    (or the file is not XML)."""
+    from lxml import etree
+
+    try:
+        tree = etree.parse(path)
+    except Exception:   # not XML: the caller's message says what the file is not
+        return None
+    for sta in tree.iter("{*}Station"):
+        parent = sta.getparent()
+        code = f"{parent.get('code') if parent is not None else ''}.{sta.get('code')}"
+        for tag in ("Latitude", "Longitude"):
+            element = sta.find(f"{{*}}{tag}")
+            text = (element.text or "").strip() if element is not None else ""
+            try:
+                usable = math.isfinite(float(text))
+            except ValueError:
+                usable = False
+            if not usable:
+                what = f"has {tag} {text!r}, not a number" if text else f"has no {tag}"
+                return f"{path}, line {sta.sourceline}: station {code} {what}"
+    return None
