@@ -224,7 +224,8 @@ def _locate(work, data, model, args):
 
     sys.path.insert(0, os.path.join(ROOT, "00_data"))
     from synthetic_california import write_event_files
-    from utrans_loc.locate import EVENTS_CSV_NAME, compare_with_truth
+    from utrans_loc.events import compare_with_truth
+    from utrans_loc.locate import EVENTS_CSV_NAME
     from utrans_loc.uncertainty import CALIBRATION_NAME
 
     start = time.time()

@@ -12,9 +12,12 @@ the locator (a child process each, on ``--input_model``) four ways:
 
 for the 1-day and the 12-day archive, and prints one Markdown table row per
 run: peak RSS of the child (``os.wait4``), wall time, the locator's own
-``time_read_s`` (picks, inventory, waveform index) and ``time_windows_s``
-(windowed reads and cuts) from its report.txt, picks/s of the windows and
-of the whole run (Python start, TensorFlow import and model build included).
+``time_read_s`` (picks, inventory, waveform index), ``time_windows_s``
+(windowed reads and cuts, in the reader thread), ``time_predict_s`` (the
+model) and ``time_stream_s`` (the whole pick stream: reading runs ahead of
+the prediction) from its report.txt; picks/s of the model alone, of the
+stream (their ratio: does reading keep up with the model?) and of the whole
+run (Python start, TensorFlow import and model build included).
 ``--locator`` measures another checkout's locator (e.g. an older commit
 exported with ``git archive``) the files way only. A benchmark, not a test.
 
@@ -141,9 +144,10 @@ def main(argv=None):
     runs.mkdir(parents=True)
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| archive | read via | peak RSS (MB) | wall (s) | read + index (s) | windows (s) | "
-          "picks/s (windows) | picks/s (whole run) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| picks | archive | read via | peak RSS (MB) | wall (s) | read + index (s) | "
+          "windows (s) | predict (s) | stream (s) | picks/s (model) | picks/s (stream) | "
+          "stream / model | picks/s (whole run) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for days in args.days:
         archive = workdir / f"archive_{days}d"
         for way in args.ways:
@@ -160,11 +164,15 @@ def main(argv=None):
                 print(f"| {days} d | {way} | failed (exit {status}) |")
                 continue
             report = runs / f"{name}_outputs" / "report.txt"
-            read_s, windows_s = report_value(report, "time_read_s"), \
-                report_value(report, "time_windows_s")
+            read_s, windows_s, predict_s, stream_s = (report_value(report, f"time_{k}_s") for k in
+                                                      ("read", "windows", "predict", "stream"))
             located = int(report_value(report, "n_located"))
-            print(f"| {days} d | {way} | {rss:.0f} | {wall:.1f} | {read_s:.2f} | {windows_s:.2f} "
-                  f"| {located / max(windows_s, 1e-9):.0f} | {located / wall:.2f} |", flush=True)
+            model_rate = located / max(predict_s, 1e-9)
+            stream_rate = located / max(stream_s, 1e-9)
+            print(f"| {args.picks} | {days} d | {way} | {rss:.0f} | {wall:.1f} | {read_s:.2f} | "
+                  f"{windows_s:.2f} | {predict_s:.2f} | {stream_s:.2f} | {model_rate:.0f} | "
+                  f"{stream_rate:.0f} | {stream_rate / model_rate:.2f} | {located / wall:.2f} |",
+                  flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

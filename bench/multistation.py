@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from obspy import UTCDateTime  # noqa: E402
 
-from utrans_loc import metrics, origins, velocity  # noqa: E402
+from utrans_loc import metrics, origins, solutions, velocity  # noqa: E402
 from utrans_loc.cli import Formatter  # noqa: E402
 
 
@@ -77,10 +77,21 @@ def predict(args, net):
     return pd.read_csv(os.path.join(out + "_outputs", "X_test_results.csv"))
 
 
+def weighted_mean(estimates, station, model):
+    """The locator's ``--combine weighted`` origin of one event (no arrival times)."""
+    n = len(station)
+    values = solutions.Estimates(
+        pick_id=tuple(map(str, range(n))), station=tuple(station), lat=estimates["lat"],
+        lon=estimates["lon"], depth_km=estimates["depth_km"],
+        north_std_km=estimates["lat_std_km"], east_std_km=estimates["lon_std_km"],
+        depth_std_km=estimates["depth_std_km"], origin_time=(UTCDateTime(0),) * n)
+    none = solutions.Arrivals(pick_id=(), station=(), phase=np.array([], dtype=object), time=(),
+                              lat=np.array([]), lon=np.array([]), elevation_km=np.array([]))
+    return solutions.solve_event(values, none, model, solutions.OriginSettings(combine="weighted"))
+
+
 def locate_all(results, arrivals, args):
     """One row per event and method: errors and (hybrid) 1-sigma coverage."""
-    from utrans_loc.locate import combine_estimates
-
     rng = np.random.default_rng(0)
     model = velocity.HalfSpace(args.vp, args.vs)
     table = results.merge(arrivals[["trace_name", "event_id", "p_time", "s_time"]],
@@ -108,8 +119,8 @@ def locate_all(results, arrivals, args):
 
         for k in range(n):
             record("single", estimates["lat"][k], estimates["lon"][k], estimates["depth_km"][k])
-        best = combine_estimates(ev, True)
-        record("weighted", best["latitude"], best["longitude"], best["depth_km"])
+        best = weighted_mean(estimates, ev["trace_name"].astype(str).tolist(), model)
+        record("weighted", best.latitude, best.longitude, best.depth_km)
         for method, phases in (("hybrid P", ("P",)), ("hybrid P+S", ("P", "S"))):
             times = {"P": p, "S": s}
             picks = {"lat": np.concatenate([ev["station_lat"].to_numpy()] * len(phases)),

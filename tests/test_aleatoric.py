@@ -13,7 +13,7 @@ from conftest import (SMALL_HEAD, child_env, full_disk_at_second_history_write, 
                       tiny_training, working_dir)
 
 import EqT_utils_Loc_California as U
-from utrans_loc import checkpoints, devices, locate, metrics, prediction, run_state
+from utrans_loc import checkpoints, devices, estimates, metrics, prediction, run_state, velocity
 import tester1 as te
 import trainer1 as tr
 
@@ -330,11 +330,13 @@ def test_the_locator_table_takes_the_variance_head_and_names_a_bad_pick(capsys):
     lat, lon = _station()
     located = pd.DataFrame({"network": ["CI", "CI"], "station": ["AAA", "BBB"],
                             "location": ["", ""], "p_time": [UTCDateTime(2020, 1, 1)] * 2,
-                            "event_id": ["e1", "e1"], "station_lat": lat, "station_lon": lon})
+                            "event_id": ["e1", "e1"], "station_lat": lat, "station_lon": lon,
+                            "station_elevation_m": 0.0})
     pred = np.zeros((2, 6))
     pred[:, 3:] = np.log(0.01)
     pred[1, 4] = np.nan
-    table = locate.locations_table(located, pred, {"max_d": MAX_D, "min_d": MIN_D})
+    table = estimates.locations_table(located, pred, {"max_d": MAX_D, "min_d": MIN_D},
+                                      velocity.HalfSpace())
     assert "CI.BBB P 2020-01-01" in capsys.readouterr().err
     np.testing.assert_allclose(table["pred_event_lat_std"], [0.1, np.nan])
     assert "pred_depth_km_std_aleatoric" in table and np.isfinite(table["pred_event_lat"]).all()
@@ -415,8 +417,8 @@ def test_the_reader_writes_the_ranking_and_the_reliability_of_the_total(tmp_path
 
 def test_the_locator_weights_stations_by_the_variance_heads_std():
     """No sampling, a variance head: the std columns weight the stations (weighted and
-    hybrid); a NaN std (non-finite variance) falls back to the default spread."""
-    from test_locate_network import _config, _event_table
+    hybrid); a NaN std (non-finite variance) gets the default spread in both."""
+    from test_locate_network import _catalog, _config, _event_table
 
     truth, table, s_picks = _event_table()
     table.loc[1:, "pred_event_lat"] += 0.2           # two stations 22 km off, with large std
@@ -425,25 +427,25 @@ def test_the_locator_weights_stations_by_the_variance_heads_std():
                          pred_depth_km_std=[1.0, 10.0, 10.0],
                          pred_event_lat_std_km=std_deg * 111, pred_event_lon_std_km=std_deg * 90,
                          pred_epicentre_std_km=std_deg * 143)
-    config = _config(combine="weighted")
-    assert config.estimate_uncertainty is False
-    _, weighted = locate.build_catalog(table, config, {}, s_picks.iloc[:0])
+    assert _config(combine="weighted").estimate_uncertainty is False
+    _, weighted = _catalog(table, s_picks.iloc[:0], combine="weighted")
     assert weighted["latitude"][0] == pytest.approx(truth["lat"], abs=0.002)
-    _, plain = locate.build_catalog(table.drop(columns=[c for c in table if "_std" in c]),
-                                    config, {}, s_picks.iloc[:0])
+    _, plain = _catalog(table.drop(columns=[c for c in table if "_std" in c]), s_picks.iloc[:0],
+                        combine="weighted")
     assert plain["latitude"][0] == pytest.approx(truth["lat"] + 0.133, abs=0.01)
-    # weighted: a station with a NaN std is left out, not given a plain mean's weight
+    # weighted: a station with a NaN std gets the default spread (one rule with hybrid),
+    # not a plain mean's weight
     nan_std = table.copy()
-    nan_std.loc[1, ["pred_event_lat_std", "pred_event_lon_std", "pred_depth_km_std"]] = np.nan
-    _, weighted = locate.build_catalog(nan_std, config, {}, s_picks.iloc[:0])
+    nan_std.loc[1, [c for c in table if "_std" in c]] = np.nan
+    catalog, weighted = _catalog(nan_std, s_picks.iloc[:0], combine="weighted")
     assert weighted["latitude"][0] == pytest.approx(truth["lat"], abs=0.002)
-    assert "1 with a NaN std left out" in locate.combine_estimates(nan_std, True)["method"]
+    assert "1 without one: the default spread" in catalog[0].preferred_origin().comments[0].text
     table.loc[0, ["pred_event_lat_std_km", "pred_depth_km_std"]] = np.nan
-    catalog, hybrid = locate.build_catalog(table, _config(), {}, s_picks)
+    catalog, hybrid = _catalog(table, s_picks)
     assert np.isfinite(hybrid.loc[0, ["latitude", "longitude", "depth_km"]].astype(float)).all()
     assert float(metrics.geodesic_km(truth["lat"], truth["lon"], hybrid["latitude"][0],
                                      hybrid["longitude"][0])[()]) < 2.0
-    assert "predicted error bars (1 with a NaN std: the default spread" in " ".join(
+    assert "predicted error bars (1 without one: the default spread" in " ".join(
         c.text for c in catalog[0].preferred_origin().comments)
 
 

@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT / "04_locate"))
 
 import EqT_utils_Loc_California as U  # noqa: E402
 import locator as lc  # noqa: E402
-from utrans_loc import checkpoints, cli, devices, exporters, locate, waveforms  # noqa: E402
+from utrans_loc import (checkpoints, cli, devices, estimates, event_output,  # noqa: E402
+                        exporters, locate, metrics, solutions, waveforms)
+from utrans_loc import events as event_stage  # noqa: E402
 from utrans_loc import picks as pick_files  # noqa: E402
 from utrans_loc import stations as station_files  # noqa: E402
 
@@ -113,11 +115,26 @@ def located(files, model, tmp_path_factory):
     cfg = _config(files["all_waveforms"], files["all_inventory"], files["all_picks"], "all",
                   combine="weighted")
     with working_dir(tmp_path_factory.mktemp("locate_run")):
-        res = locate.run(cfg, model=model)
-    table = res["locations"]
-    res["rows"] = {code: np.flatnonzero((table["station"] == code).to_numpy())
-                   for code in ("109C", ROTATED, LOW, HIGH)}
-    return res
+        result = locate.run(cfg, model=model)
+    table = result.locations
+    x, pred = _inputs_and_outputs(cfg, model)
+    return {"locations": table, "output_dir": result.output_dir, "x": x, "pred": pred,
+            "rows": {code: np.flatnonzero((table["station"] == code).to_numpy())
+                     for code in ("109C", ROTATED, LOW, HIGH)}}
+
+
+def _inputs_and_outputs(cfg, model):
+    """The model input and raw outputs of every P pick of ``cfg``, by the locator's own
+    stages (estimates.chunk_windows, prediction.predict_samples), in file order."""
+    from utrans_loc import estimates, prediction, sources
+
+    picks = pick_files.read_picks(cfg.input_picks)
+    picks["pick_id"] = [str(i) for i in picks.index]
+    batch = estimates.chunk_windows(
+        picks[picks["phase"] == "P"], sources.open_waveforms(cfg.input_waveforms, cfg.input_sds),
+        station_files.read_stations(cfg.input_inventory), locate.model_settings(cfg), cfg)
+    return batch.x, prediction.predict_samples(model, prediction.ArrayBatches(batch.x, 50),
+                                               progress=False)
 
 
 def _config(wave, inventory, picks, name, **changes):
@@ -216,12 +233,16 @@ def test_outputs_and_combined_origins_without_sampling(located):
     assert best.depth_errors.uncertainty == pytest.approx(
         rows["pred_depth_km"].std(ddof=1) / 2 * 1000, rel=1e-6)
     assert "mean of 4" in best.comments[0].text
-    assert "approximate" in best.comments[1].text
+    assert "P travel time" in best.comments[0].text
+    assert best.comments[1].text.startswith("velocity model: homogeneous half-space, vp 6")
     assert "approximate" in event.origins[0].comments[1].text
-    # Origin time: P minus hypocentral distance at 6 km/s.
+    # Origin time: P minus the P travel time of the run's velocity model (--vp 6 km/s,
+    # straight ray to the station at its elevation).
     first = table.iloc[0]
+    epicentral = np.sqrt(first["hypocentral_distance_km"] ** 2 - first["pred_depth_km"] ** 2)
+    vertical = max(first["pred_depth_km"], 0.0) + first["station_elevation_m"] / 1000.0
     assert UTCDateTime(first["p_time"]) - UTCDateTime(first["origin_time_approx"]) == \
-        pytest.approx(first["hypocentral_distance_km"] / 6.0, abs=1e-5)
+        pytest.approx(np.hypot(epicentral, vertical) / 6.0, abs=1e-5)
     assert os.path.getsize(os.path.join(out, "figures", "map.png")) > 1000
 
 
@@ -273,10 +294,17 @@ def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
         best = event.preferred_origin()
         assert "inverse-variance" in best.comments[0].text
         w = 1 / rows["pred_event_lat_std"] ** 2
+        # weights from the km std (the rows' own km per degree): 1e-5 deg (1 m) apart
         assert best.latitude == pytest.approx((w * rows["pred_event_lat"]).sum() / w.sum(),
-                                              abs=1e-9)
-        assert best.latitude_errors.uncertainty == pytest.approx(np.sqrt(1 / w.sum()))
-        w = 1 / rows["pred_depth_km_std"] ** 2
+                                              abs=1e-4)
+        # the mean is taken in kilometres, each spread floored at solutions.MIN_SPREAD_KM;
+        # its error in degrees is converted at the mean's latitude
+        w_km = 1 / np.maximum(rows["pred_event_lat_std_km"], solutions.MIN_SPREAD_KM) ** 2
+        per_degree = float(metrics.km_per_degree(best.latitude)[0])
+        assert best.latitude_errors.uncertainty == pytest.approx(
+            np.sqrt(1 / w_km.sum()) / per_degree, rel=1e-6)
+        # one rule for every combination: a spread below solutions.MIN_SPREAD_KM is floored
+        w = 1 / np.maximum(rows["pred_depth_km_std"], solutions.MIN_SPREAD_KM) ** 2
         assert best.depth_errors.uncertainty == pytest.approx(np.sqrt(1 / w.sum()) * 1000)
     assert (out / "figures" / "map.png").is_file()
     assert "input_model_sha256: " + _sha256(CKPT) in (out / "report.txt").read_text()
@@ -478,9 +506,9 @@ def test_resource_ids_are_valid_quakeml_uris(tmp_path):
     from obspy.core.event import ResourceIdentifier
     from obspy.io.quakeml.core import _validate
 
-    keys = [locate.resource_key(k) for k in ("ev1", "smi:local/3f2a", "a b", "a_b", "Ω", "")]
+    keys = [event_output.resource_key(k) for k in ("ev1", "smi:local/3f2a", "a b", "a_b", "Ω", "")]
     assert keys[0] == "ev1" and len(set(keys)) == len(keys)
-    prefix = locate.RESOURCE_PREFIX
+    prefix = event_output.RESOURCE_PREFIX
     event = Event(resource_id=ResourceIdentifier(f"{prefix}/event/{keys[1]}"),
                   picks=[Pick(resource_id=ResourceIdentifier(f"{prefix}/pick/{k}/0"), time=T0,
                               waveform_id=WaveformStreamID("XX", "STA")) for k in keys])
@@ -525,17 +553,17 @@ def test_quakeml_pick_file_from_obspy_gives_valid_events_and_keeps_s_picks(files
     assert _validate(str(out / "events.xml"))
     uuids = [str(e.resource_id).split("/")[-1] for e in events]
     assert str(events[0].resource_id) == f"smi:local/{uuids[0]}"
-    table = res["locations"]
+    table = res.locations
     assert list(table["event_id"]) == [u for u in uuids for _ in range(2)]
     assert list(table["station"]) == ["109C", ROTATED] * 3
-    s_picks = res["s_picks"]
+    s_picks = res.s_picks
     assert list(s_picks["event_id"]) == uuids and (s_picks["phase"] == "S").all()
-    assert list(s_picks.columns) == list(locate.S_PICK_COLUMNS)
+    assert list(s_picks.columns) == list(event_stage.S_PICK_COLUMNS)
     assert (s_picks["time"] == [e.picks[2].time for e in events]).all()
-    lat = res["stations"].coordinates("TA", "109C", events[0].picks[0].time)[0]
+    lat = res.stations.coordinates("TA", "109C", events[0].picks[0].time)[0]
     assert (s_picks["station_lat"] == lat).all()
     skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
-    assert list(skipped.columns) == list(locate.SKIPPED_COLUMNS)
+    assert list(skipped.columns) == list(estimates.SKIPPED_COLUMNS)
     assert list(skipped["station"]) == ["XXXX", "109C"] * 3
     assert list(skipped["phase"]) == ["S", ""] * 3
     assert skipped["reason"][0].endswith("station not in the inventory " + files["all_inventory"])
@@ -543,7 +571,7 @@ def test_quakeml_pick_file_from_obspy_gives_valid_events_and_keeps_s_picks(files
     catalog = read_events(str(out / "events.xml"))
     for event, uuid in zip(catalog, uuids):
         assert event.comments[0].text == f"input event_id: {uuid}"
-        assert [p.phase_hint for p in event.picks] == ["P", "P", "S"]
+        assert [p.phase_hint for p in event.picks] == ["P", "Pg", "S"]     # as given
         assert event.picks[2].waveform_id.station_code == "109C"
     # coordinates as given (no %.17g noise), every float read back bit for bit
     text = (out / "locations.csv").read_text()
@@ -564,6 +592,57 @@ def test_sds_archive_gives_the_files_locations_bit_for_bit(files, located, model
     with working_dir(tmp_path):
         res = locate.run(cfg, model=model)
     rows = located["rows"]["109C"]
-    assert len(res["locations"]) == 50 and len(res["skipped"]) == 0
-    np.testing.assert_array_equal(res["x"], located["x"][rows])
-    np.testing.assert_array_equal(res["pred"], located["pred"][rows])
+    assert len(res.locations) == 50 and len(res.skipped) == 0
+    x, pred = _inputs_and_outputs(cfg, model)
+    np.testing.assert_array_equal(x, located["x"][rows])
+    np.testing.assert_array_equal(pred, located["pred"][rows])
+    np.testing.assert_array_equal(res.locations[PRED].to_numpy(),
+                                  located["locations"].iloc[rows][PRED].to_numpy())
+
+
+@pytest.mark.slow
+def test_dense_array_of_nearly_colocated_stations_from_quakeml_picks(files, model, tmp_path):
+    """Issue 30's failing case, rebuilt: ten real STEAD traces as miniSEED + StationXML,
+    picks as an ObsPy-written QuakeML (two events, five stations each, the stations
+    nearly co-located as at a dense array or copied coordinates), the published
+    checkpoint. Before: ``On Arrival object: Value 'nan' for 'azimuth'`` (exit 2, nothing
+    written). Now all ten picks are located and events.xml is schema-valid."""
+    from obspy.io.quakeml.core import _validate
+
+    picks = files["picks_table"]
+    first = read(os.path.join(files["waveforms"], f"{_stead_ids()[0]}.mseed"))
+    base = read_inventory(files["inventory"])[0][0]
+    traces, stations, events = Stream(), {}, []
+    for k, row in enumerate(picks.iloc[:2].itertuples()):
+        source = read(os.path.join(files["waveforms"], f"{_stead_ids()[k]}.mseed"))
+        event_picks = []
+        for i in range(5):
+            code = f"D{k}{i:02d}"
+            for tr in source:
+                traces += _copy(tr, code, tr.stats.channel, tr.data)
+            # 0.1 m apart: as good as co-located
+            stations[("TA", code)] = (base.latitude + 1e-6 * i, base.longitude, base.elevation,
+                                      {"BH"})
+            # P 7 s into the 60 s trace (the default position): the window is the whole file
+            p_time = UTCDateTime(row.p_time) - float(row.p_position_s) + 7.0
+            event_picks.append(Pick(time=p_time, phase_hint="P",
+                                    waveform_id=WaveformStreamID("TA", code)))
+        events.append(Event(picks=event_picks))
+    assert len(first) == 3
+    traces.write(str(tmp_path / "dense.mseed"), format="MSEED")
+    exporters.write_enz_inventory(stations, tmp_path / "dense.xml", "test")
+    Catalog(events=events).write(str(tmp_path / "dense_picks.xml"), format="QUAKEML")
+    cfg = _config(str(tmp_path / "dense.mseed"), str(tmp_path / "dense.xml"),
+                  str(tmp_path / "dense_picks.xml"), "dense", figures=False)
+    with working_dir(tmp_path):
+        res = locate.run(cfg, model=model)
+    assert len(res.skipped) == 0, list(res.skipped["reason"])
+    assert len(res.locations) == 10
+    assert len(res.events) == 2 and res.events["latitude"].notna().all()
+    assert _validate(str(tmp_path / "dense_outputs" / "events.xml"))
+    catalog = read_events(str(tmp_path / "dense_outputs" / "events.xml"))
+    for event in catalog:
+        best = event.preferred_origin()
+        assert best is not None and len(best.arrivals) == 5
+        assert {str(a.pick_id) for a in best.arrivals} == {str(p.resource_id)
+                                                          for p in event.picks}

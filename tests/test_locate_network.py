@@ -16,7 +16,8 @@ from conftest import ROOT, run_script, working_dir
 sys.path.insert(0, str(ROOT / "04_locate"))
 
 import locator as lc  # noqa: E402
-from utrans_loc import cli, locate, metrics, origins, velocity  # noqa: E402
+from utrans_loc import cli, event_output, locate, metrics, origins, velocity  # noqa: E402
+from utrans_loc import events as events_stage  # noqa: E402
 
 
 
@@ -61,7 +62,7 @@ def _locate(files, picks, name, trained, tmp_path, *extra):
 
 def test_hybrid_origins_in_events_csv_and_quakeml(network_files, trained, tmp_path):
     out, events = _locate(network_files, network_files["picks_ps"], "hybrid", trained, tmp_path)
-    assert list(events.columns) == list(locate.EVENT_COLUMNS)
+    assert list(events.columns) == list(event_output.EVENT_COLUMNS)
     multi = events[events["n_stations"] > 1]
     assert len(multi) and (multi["method"] == "hybrid").all()
     assert (multi["n_p"] == multi["n_stations"]).all() and (multi["n_s"] == multi["n_p"]).all()
@@ -108,7 +109,8 @@ def _event_table(estimate_offset_km=(0.0, 0.0, 0.0), s_late_s=0.0):
         p_time = truth["t0"] + float(model.travel_time("P", distance, truth["depth"]))
         s_time = truth["t0"] + float(model.travel_time("S", distance, truth["depth"])) + s_late_s
         north, east, down = estimate_offset_km
-        rows.append({"network": "XX", "station": code, "location": "", "p_time": p_time,
+        rows.append({"pick_id": f"p{code}", "phase_hint": "P",
+                     "network": "XX", "station": code, "location": "", "p_time": p_time,
                      "event_id": "ev1", "station_lat": lat, "station_lon": lon,
                      "station_elevation_m": 0.0,
                      "pred_event_lat": truth["lat"] + north / plane.km_lat,
@@ -116,10 +118,11 @@ def _event_table(estimate_offset_km=(0.0, 0.0, 0.0), s_late_s=0.0):
                      "pred_depth_km": truth["depth"] + down, "channels": "HHE,HHN,HHZ",
                      "sample_rate_in_hz": "100", "rotation_applied": "n",
                      "origin_time_approx": p_time - 10.0})
-        s_rows.append({"network": "XX", "station": code, "location": "", "time": s_time,
+        s_rows.append({"pick_id": f"s{code}", "phase_hint": "S",
+                       "network": "XX", "station": code, "location": "", "time": s_time,
                        "event_id": "ev1", "phase": "S", "station_lat": lat, "station_lon": lon,
                        "station_elevation_m": 0.0})
-    return truth, pd.DataFrame(rows), pd.DataFrame(s_rows, columns=locate.S_PICK_COLUMNS)
+    return truth, pd.DataFrame(rows), pd.DataFrame(s_rows, columns=events_stage.S_PICK_COLUMNS)
 
 
 def _config(**changes):
@@ -131,9 +134,16 @@ def _config(**changes):
     return locate.LocateConfig(**args)
 
 
+def _catalog(table, s_picks, **changes):
+    cfg = _config(**changes)
+    travel = velocity.velocity_model(cfg.vp, cfg.vs, cfg.velocity_model)
+    return events_stage.build_catalog(table, s_picks, travel, events_stage.origin_settings(cfg),
+                                      events_stage.context_of(cfg, travel))
+
+
 def test_hybrid_origin_of_good_estimates_and_exact_picks_is_the_truth(tmp_path):
     truth, table, s_picks = _event_table(estimate_offset_km=(12.0, -8.0, 4.0))
-    catalog, events = locate.build_catalog(table, _config(), {}, s_picks)
+    catalog, events = _catalog(table, s_picks)
     row = events.iloc[0]
     assert row["method"] == "hybrid" and (row["n_stations"], row["n_p"], row["n_s"]) == (3, 3, 3)
     assert float(metrics.geodesic_km(truth["lat"], truth["lon"], row["latitude"],
@@ -147,14 +157,14 @@ def test_hybrid_origin_of_good_estimates_and_exact_picks_is_the_truth(tmp_path):
     assert len(best.arrivals) == 6 and best.time_errors.uncertainty > 0
     assert best.quality.azimuthal_gap == pytest.approx(row["azimuthal_gap_deg"])
     # weighted: the estimates' mean, 12 km north of the truth
-    _, weighted = locate.build_catalog(table, _config(combine="weighted"), {}, s_picks)
+    _, weighted = _catalog(table, s_picks, combine="weighted")
     assert float(metrics.geodesic_km(truth["lat"], truth["lon"], weighted["latitude"][0],
                                      weighted["longitude"][0])[()]) > 10.0
 
 
 def test_inconsistent_picks_are_located_and_flagged():
     _, table, s_picks = _event_table(s_late_s=15.0)
-    catalog, events = locate.build_catalog(table, _config(), {}, s_picks)
+    catalog, events = _catalog(table, s_picks)
     row = events.iloc[0]
     assert row["rms_s"] > 1.0 and "above --max_rms_s 1 s" in row["flag"]
     assert any(c.text.startswith("flagged") for c in catalog[0].preferred_origin().comments)

@@ -189,7 +189,7 @@ def test_phase_hint_keeps_the_label_as_given(tmp_path):
     picks = pick_files.read_picks(csv)
     assert list(picks.columns) == list(pick_files.PICKS_TABLE_COLUMNS)
     assert list(picks["phase"]) == ["P", "P", "S", None]
-    assert list(picks["phase_hint"]) == ["Pg", None, "Sn", "PKP"]
+    assert list(picks["phase_hint"]) == ["Pg", "P", "Sn", "PKP"]     # blank: its class
     event = Event(picks=[Pick(time=T0 + i, phase_hint=hint, waveform_id=WaveformStreamID(
         "XX", sta)) for i, (sta, hint) in enumerate([("A", "Pn"), ("B", "Sg"), ("C", None)])])
     Catalog(events=[event]).write(str(tmp_path / "picks.xml"), format="QUAKEML")

@@ -308,7 +308,7 @@ def test_event_files_have_one_origin_time_per_event(dataset, tmp_path):
     import pandas as pd
     from obspy import UTCDateTime, read, read_inventory
 
-    from utrans_loc import locate
+    from utrans_loc import events as events_stage
 
     ids = np.load(dataset["test"]).tolist() + np.load(dataset["train"]).tolist()
     out = sc.write_event_files(dataset["hdf5"], ids, tmp_path / "ex", n_events=3)
@@ -346,7 +346,7 @@ def test_event_files_have_one_origin_time_per_event(dataset, tmp_path):
                            "latitude_std_km": [3.0, 1.0], "longitude_std_km": [4.0, 1.0],
                            "depth_km_std": [5.0, 1.0], "n_stations": [2, 1],
                            "method": ["hybrid", "single-station"]})
-    table = locate.compare_with_truth(events, truth)
+    table = events_stage.compare_with_truth(events, truth)
     assert len(table) == 1
     row = table.iloc[0]
     assert row["stations"] == 2 and row["method"] == "hybrid"

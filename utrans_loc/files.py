@@ -99,6 +99,23 @@ def check_new_output_dir(output_dir, hint="choose another --output_name (or move
 LOCK_NAME = ".lock"
 
 
+def _hold_lock(path, busy, advice):
+    """An open descriptor of ``path`` holding an exclusive ``flock`` with our pid in it;
+    FileExistsError ``"<busy> (pid N); <advice>"`` when another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FileExistsError(f"{busy} (pid {other}); {advice}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 @contextlib.contextmanager
 def claimed_output_dir(output_dir, new, hint, prog):
     """Hold ``output_dir`` for one run: created now when ``new`` (so a second run
@@ -107,8 +124,6 @@ def claimed_output_dir(output_dir, new, hint, prog):
     run, a resume included, cannot write into it. A new folder that the run
     leaves empty (it failed before writing anything) is removed again.
     """
-    import fcntl
-
     if new:
         check_output_parent(output_dir)
         try:
@@ -117,16 +132,8 @@ def claimed_output_dir(output_dir, new, hint, prog):
             raise FileExistsError(f"output folder {output_dir} already exists; it is left "
                                   f"untouched: {hint}") from None
     lock = os.path.join(output_dir, LOCK_NAME)
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise FileExistsError(f"{output_dir} is in use by another running {prog} (pid {other}); "
-                              "wait for it to finish or choose another --output_name") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    fd = _hold_lock(lock, f"{output_dir} is in use by another running {prog}",
+                    "wait for it to finish or choose another --output_name")
     try:
         yield output_dir
     finally:
@@ -135,6 +142,67 @@ def claimed_output_dir(output_dir, new, hint, prog):
         if new and not os.listdir(output_dir):
             os.rmdir(output_dir)
 
+
+
+class StagedOutput:
+    """The folder a run writes into (``path``) and where its results end up (``final``)."""
+
+    def __init__(self, path, final):
+        self.path, self.final = path, final
+
+
+@contextlib.contextmanager
+def staged_output_dir(output_dir, prog, hint="choose another --output_name (or move the "
+                                               "folder away)"):
+    """Write a run's results into ``<output_dir>.partial`` and rename it to ``output_dir``
+    when the run succeeds, so ``output_dir`` is only ever complete.
+
+    A second run on the same name is refused while this one runs (``flock`` on
+    ``.<name>.lock`` beside the folder). The ``.partial`` folder of an
+    interrupted run (Ctrl-C, a full disk, a kill) is never reused nor deleted:
+    it is renamed ``<output_dir>.interrupted-<UTC time>`` and the run starts
+    afresh. Should ``output_dir`` appear while the run works (another job), the
+    results go to ``<output_dir>.<UTC time>`` instead, said on stderr: nothing
+    is lost. On an error the partial folder is kept (removed only when empty).
+    """
+    import sys
+
+    check_new_output_dir(output_dir, hint)
+    folder, name = os.path.split(output_dir)
+    partial = output_dir + ".partial"
+    fd = _hold_lock(os.path.join(folder, f".{name}.lock"),
+                    f"{output_dir} is being written by another running {prog}",
+                    f"wait for it to finish or {hint}")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        if os.path.exists(partial):
+            kept = f"{output_dir}.interrupted-{stamp}"
+            os.rename(partial, kept)
+            print(f"{prog}: an earlier run on this name was interrupted; its partial results "
+                  f"are kept in {kept}", file=sys.stderr)
+        os.mkdir(partial)
+        staged = StagedOutput(partial, output_dir)
+        try:
+            yield staged
+        except BaseException:
+            if not os.listdir(partial):
+                os.rmdir(partial)
+            else:
+                print(f"{prog}: the results written so far are kept in {partial}",
+                      file=sys.stderr)
+            raise
+        try:
+            if os.path.exists(output_dir):
+                raise FileExistsError(output_dir)
+            os.rename(partial, output_dir)
+        except OSError:
+            staged.final = f"{output_dir}.{stamp}"
+            print(f"{prog}: {output_dir} was created by someone else while this run worked; "
+                  f"the results are in {staged.final}", file=sys.stderr)
+            os.rename(partial, staged.final)
+    finally:
+        os.remove(os.path.join(folder, f".{name}.lock"))
+        os.close(fd)
 
 def write_report(path, title, items):
     """Write ``name: value`` lines to a text report (atomically)."""

@@ -6,7 +6,8 @@ over (latitude, longitude, depth, origin time) in which
 
 * each located station's single-station estimate is a Gaussian prior in
   north, east and depth with its 1-sigma errors (calibrated Monte-Carlo
-  spreads when the locator has them, else :data:`DEFAULT_SPREAD_KM`);
+  spreads when the locator has them, else
+  :data:`utrans_loc.solutions.DEFAULT_SPREAD_KM`: :func:`utrans_loc.solutions.prior_spread`);
 * each P or S pick is a Gaussian likelihood of its arrival time,
   ``t_obs - t0 - T(x)``, with variance ``pick_std^2 + (model_error * T)^2``:
   the second term is NonLinLoc's travel-time error, without which the error
@@ -48,9 +49,6 @@ MODEL_ERROR = 0.03
 # bench/multistation.py; the horizontal ones do not correlate, -0.1 to 0):
 # n stations are not n independent depth measurements.
 DEPTH_CORRELATION = 0.85
-# Prior spread of a single-station estimate without error bars (no sampling, no variance head):
-# wide enough that arrival times decide wherever they can (north, east, depth).
-DEFAULT_SPREAD_KM = (30.0, 30.0, 15.0)
 MAX_RMS_S = 1.0
 
 
@@ -148,6 +146,13 @@ class Posterior:
         prior = 0.5 * np.sum(np.square((m[..., None, :] - self.prior_mean) / self.prior_std),
                              axis=(-1, -2))
         return arrivals + prior
+
+    def arrival_misfit(self, x, y, z):
+        """Chi-square of the arrival times alone (origin time solved), priors left out."""
+        t, var = self._terms(x, y, z)
+        t0 = np.sum((self.time - t) / var, axis=-1) / np.sum(1.0 / var, axis=-1)
+        r = self.time - t0[..., None] - t
+        return np.sum(r * r / var, axis=-1)
 
     def residuals(self, x, y, z, t0):
         """Observed minus predicted arrival time (s) per pick."""
@@ -248,6 +253,39 @@ def azimuthal_gap(lat, lon, station_lat, station_lon):
     return float(np.max(gaps))
 
 
+# Stations this close to one line (smallest / largest spread of their positions)
+# cannot tell a side of the line from the other by arrival times.
+LINE_RATIO = 0.15
+# The mirror point is as good when its arrival-time chi-square is within this of the origin's.
+MIRROR_CHI2 = 1.0
+
+
+def mirror_ambiguity(post, m):
+    """A note when the stations lie nearly on a line and the origin's mirror image across
+    it fits the arrival times as well (so the single-station estimates chose the side);
+    else None."""
+    points = np.unique(np.round(np.stack([post.sx, post.sy], axis=1), 3), axis=0)
+    if len(points) < 2:
+        return None
+    centre = points.mean(axis=0)
+    _, spread, axes = np.linalg.svd(points - centre, full_matrices=False)
+    if len(spread) > 1 and spread[1] > LINE_RATIO * spread[0]:
+        return None
+    normal = np.array([-axes[0][1], axes[0][0]])
+    offset = float(np.dot(np.asarray(m[:2]) - centre, normal))
+    mirror = np.asarray(m[:2]) - 2.0 * offset * normal
+    if abs(2.0 * offset) < 2.0:          # the origin is on the line: no other side
+        return None
+    here = float(post.arrival_misfit(m[0], m[1], m[2]))
+    there = float(post.arrival_misfit(mirror[0], mirror[1], m[2]))
+    if there > here + MIRROR_CHI2:
+        return None
+    lat, lon = post.plane.latlon(mirror[0], mirror[1])
+    return (f"stations nearly on a line: the mirror point {float(lat):.4f}, {float(lon):.4f} "
+            f"({abs(2 * offset):.0f} km away) fits the arrival times as well (chi-square "
+            f"{there:.2f} vs {here:.2f}); the single-station estimates chose this side")
+
+
 def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM,
                   depth_correlation=DEPTH_CORRELATION):
     """The hybrid origin of one event (see the module docstring).
@@ -270,7 +308,8 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
         longitude_std`` (deg), ``latitude_std_km, longitude_std_km,
         depth_km_std, time_std``; the 1-sigma ellipse ``ellipse_major_km,
         ellipse_minor_km, ellipse_azimuth_deg``; ``residuals`` (s, per pick),
-        ``rms_s``, ``azimuthal_gap_deg``.
+        ``rms_s``, ``azimuthal_gap_deg``; ``mirror`` (:func:`mirror_ambiguity`'s
+        note or None).
     """
     post = Posterior(estimates, picks, model, model_error, depth_correlation)
     m = maximise(post, max_depth_km)
@@ -287,99 +326,5 @@ def hybrid_origin(estimates, picks, model, model_error=MODEL_ERROR, max_depth_km
             "ellipse_major_km": major, "ellipse_minor_km": minor,
             "ellipse_azimuth_deg": azimuth, "residuals": residuals,
             "rms_s": float(np.sqrt(np.mean(residuals ** 2))),
-            "azimuthal_gap_deg": azimuthal_gap(lat, lon, picks["lat"], picks["lon"])}
-
-
-def event_origin(p_rows, s_rows, model, sampled, pick_std_s=(PICK_STD_S["P"], PICK_STD_S["S"]),
-                 model_error=MODEL_ERROR, max_depth_km=MAX_DEPTH_KM,
-                 depth_correlation=DEPTH_CORRELATION):
-    """The hybrid origin of one event from the locator's tables.
-
-    Parameters
-    ----------
-    p_rows : pandas.DataFrame
-        The event's located P picks (rows of ``locations.csv``: ``p_time``
-        as UTCDateTime, station coordinates, ``pred_*`` and, when
-        ``sampled``, the ``*_std_km`` / ``pred_depth_km_std`` columns).
-    s_rows : pandas.DataFrame
-        The event's S picks (``time``, station coordinates).
-    model : HalfSpace or LayeredModel
-    sampled : bool
-        The estimates have error bars (Monte-Carlo spread and/or a variance
-        head's std); else, and where one is NaN, they get
-        :data:`DEFAULT_SPREAD_KM`.
-    pick_std_s : (float, float)
-        Pick errors of P and S (s).
-    model_error : float
-    max_depth_km : float
-    depth_correlation : float
-        As :class:`Posterior`.
-
-    Returns
-    -------
-    dict
-        :func:`hybrid_origin`'s keys with ``time`` an absolute UTCDateTime,
-        plus ``arrivals`` (one dict per pick: ``network, station, location,
-        phase, time, residual_s, distance_deg, azimuth_deg``), ``n_p``,
-        ``n_s``, ``n_stations`` and ``prior`` (how the estimates were weighted).
-    """
-    from geographiclib.geodesic import Geodesic
-    from obspy.geodetics import kilometers2degrees
-
-    n = len(p_rows)
-    default_text = f"{DEFAULT_SPREAD_KM[0]:g} km north and east, {DEFAULT_SPREAD_KM[2]:g} km depth"
-    if sampled:
-        spread = {"lat_std_km": p_rows["pred_event_lat_std_km"].to_numpy(float),
-                  "lon_std_km": p_rows["pred_event_lon_std_km"].to_numpy(float),
-                  "depth_std_km": p_rows["pred_depth_km_std"].to_numpy(float)}
-        # A NaN std (a non-finite predicted variance, flagged in locations.csv)
-        # gets the default spread rather than poisoning the posterior.
-        missing = ~np.all([np.isfinite(v) for v in spread.values()], axis=0)
-        spread = {k: np.where(np.isfinite(v), v, default)
-                  for (k, v), default in zip(spread.items(), DEFAULT_SPREAD_KM)}
-        prior = "each station's estimate weighted by its predicted error bars" + (
-            f" ({missing.sum()} with a NaN std: the default spread {default_text})"
-            if missing.any() else "")
-    else:
-        spread = {k: np.full(n, v) for k, v in zip(("lat_std_km", "lon_std_km", "depth_std_km"),
-                                                   DEFAULT_SPREAD_KM)}
-        prior = ("each station's estimate with the default spread (no --estimate_uncertainty, "
-                 f"no variance head): {default_text}")
-    # A zero spread (one Monte-Carlo pass) would make one station decide alone.
-    spread = {k: np.maximum(v, 0.1) for k, v in spread.items()}
-    # A depth estimate outside the searched range (an untrained model's -400 km)
-    # would pull the origin to the boundary with all its weight: it starts there.
-    estimates = {"lat": p_rows["pred_event_lat"].to_numpy(float),
-                 "lon": p_rows["pred_event_lon"].to_numpy(float),
-                 "depth_km": np.clip(p_rows["pred_depth_km"].to_numpy(float), 0.0, max_depth_km),
-                 **spread}
-    picks = [{"network": r.network, "station": r.station, "location": r.location, "phase": "P",
-              "time": r.p_time, "lat": r.station_lat, "lon": r.station_lon,
-              "elevation_km": _km(r.station_elevation_m)} for r in p_rows.itertuples()]
-    picks += [{"network": r.network, "station": r.station, "location": r.location,
-               "phase": r.phase, "time": r.time, "lat": r.station_lat, "lon": r.station_lon,
-               "elevation_km": _km(r.station_elevation_m)} for r in s_rows.itertuples()]
-    reference = min(p["time"] for p in picks)
-    std = {"P": float(pick_std_s[0]), "S": float(pick_std_s[1])}
-    arrays = {"lat": np.array([p["lat"] for p in picks], float),
-              "lon": np.array([p["lon"] for p in picks], float),
-              "elevation_km": np.array([p["elevation_km"] for p in picks], float),
-              "phase": np.array([p["phase"] for p in picks]),
-              "time": np.array([p["time"] - reference for p in picks], float),
-              "std": np.array([std[p["phase"]] for p in picks], float)}
-    out = hybrid_origin(estimates, arrays, model, model_error, max_depth_km, depth_correlation)
-    out["time"] = reference + out["time"]
-    for pick, residual in zip(picks, out["residuals"]):
-        g = Geodesic.WGS84.Inverse(out["latitude"], out["longitude"], pick["lat"], pick["lon"])
-        pick.update(residual_s=float(residual),
-                    distance_deg=kilometers2degrees(g["s12"] / 1000.0),
-                    azimuth_deg=g["azi1"] % 360.0)
-    out.update(arrivals=picks, n_p=int(np.sum(arrays["phase"] == "P")),
-               n_s=int(np.sum(arrays["phase"] == "S")),
-               n_stations=len({(p["network"], p["station"]) for p in picks}), prior=prior)
-    return out
-
-
-def _km(elevation_m):
-    value = float(elevation_m) if elevation_m is not None else 0.0
-    return value / 1000.0 if np.isfinite(value) else 0.0
+            "azimuthal_gap_deg": azimuthal_gap(lat, lon, picks["lat"], picks["lon"]),
+            "mirror": mirror_ambiguity(post, m)}

@@ -88,7 +88,7 @@ def read_picks(path):
         :data:`PICKS_TABLE_COLUMNS`: ``network, station, location (str or
         None), time (UTCDateTime; None where the row could not be read),
         phase ('P', 'S' or None), phase_hint (the label as given, e.g.
-        'Pg'; None where none was), event_id (str), p_position_s (float,
+        'Pg'; the class where none was given), event_id (str), p_position_s (float,
         NaN: the run's), reason`` (why the pick cannot be used, '' when it
         can), one row per pick, in file order. Picks without an event id get
         their own (``NET.STA_<time>``).
@@ -107,6 +107,10 @@ def read_picks(path):
     for column in ("location", "phase", "phase_hint"):
         picks[column] = pd.Series([v if isinstance(v, str) else None for v in picks[column]],
                                   index=picks.index, dtype=object)
+    # A pick given as its class only (a CSV without a phase column) is labelled by it.
+    picks["phase_hint"] = pd.Series([h if h is not None else p for h, p in
+                                     zip(picks["phase_hint"], picks["phase"])],
+                                    index=picks.index, dtype=object)
     own = (picks["event_id"] == "").to_numpy() & np.array(
         [isinstance(t, UTCDateTime) for t in picks["time"]], dtype=bool)
     picks.loc[own, "event_id"] = [f"{n}.{s}_{t.strftime('%Y%m%dT%H%M%S.%fZ')}" for n, s, t in

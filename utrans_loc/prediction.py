@@ -355,7 +355,7 @@ def report_items(cfg, settings, loaded, weights, summary, timings, elapsed, n, c
 
 
 def predict_samples(model, generator, n_samples=1, seed=None, progress=True, timings=None,
-                    label="tester1"):
+                    label="tester1", sampler=None):
     """Model outputs: (N, 3) deterministic, or (n_samples, N, 3) Monte-Carlo samples
     (6 values instead of 3, [mean, log_variance], for a model with the variance head).
 
@@ -365,7 +365,9 @@ def predict_samples(model, generator, n_samples=1, seed=None, progress=True, tim
     Sampling: a copy of the model with its dropout-type layers always on
     (:func:`utrans_loc.uncertainty.mc_sampling_model`), built once and run
     ``n_samples`` times per batch; BatchNorm stays in inference mode. The
-    upstream sampled in inference mode and got identical samples.
+    upstream sampled in inference mode and got identical samples. A caller
+    predicting in chunks passes its ``sampler`` (built once): its random
+    streams then run on from chunk to chunk, as in one call.
 
     A short last batch is padded to the batch size (and the padding dropped),
     so the compiled prediction function is reused rather than rebuilt. With a
@@ -374,7 +376,8 @@ def predict_samples(model, generator, n_samples=1, seed=None, progress=True, tim
     are recorded there.
     """
     start = time.perf_counter()
-    sampler = model if n_samples == 1 else mc_sampling_model(model, seed=seed)
+    if sampler is None:
+        sampler = model if n_samples == 1 else mc_sampling_model(model, seed=seed)
     size = generator.batch_size
 
     def run_batch(x):
