@@ -102,7 +102,7 @@ def run(cfg, model=None):
     settings = model_settings(cfg)
     prediction.check_calibration_spread(cfg, settings)
     calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
-    travel = velocity.velocity_model(cfg.vp, cfg.vs, cfg.velocity_model)   # built and checked now
+    travel = velocity.check_velocity_model(cfg.vp, cfg.vs, cfg.velocity_model)   # built, checked
     picks = pick_files.read_picks(cfg.input_picks)
     picks["pick_id"] = [str(i) for i in picks.index]
     p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
