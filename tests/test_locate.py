@@ -293,16 +293,16 @@ def test_command_line_with_sampling_calibration_and_bad_picks(files, tmp_path):
             assert origin.depth_errors.uncertainty == pytest.approx(row.pred_depth_km_std * 1000)
         best = event.preferred_origin()
         assert "inverse-variance" in best.comments[0].text
-        w = 1 / rows["pred_event_lat_std"] ** 2
-        # weights from the km std (the rows' own km per degree): 1e-5 deg (1 m) apart
+        # weights from the km std, each floored at solutions.MIN_SPREAD_KM (one rule for
+        # every combination)
+        w = 1 / np.maximum(rows["pred_event_lat_std_km"], solutions.MIN_SPREAD_KM) ** 2
         assert best.latitude == pytest.approx((w * rows["pred_event_lat"]).sum() / w.sum(),
-                                              abs=1e-4)
+                                              abs=1e-9)
         # the mean is taken in kilometres, each spread floored at solutions.MIN_SPREAD_KM;
         # its error in degrees is converted at the mean's latitude
-        w_km = 1 / np.maximum(rows["pred_event_lat_std_km"], solutions.MIN_SPREAD_KM) ** 2
         per_degree = float(metrics.km_per_degree(best.latitude)[0])
         assert best.latitude_errors.uncertainty == pytest.approx(
-            np.sqrt(1 / w_km.sum()) / per_degree, rel=1e-6)
+            np.sqrt(1 / w.sum()) / per_degree, rel=1e-6)
         # one rule for every combination: a spread below solutions.MIN_SPREAD_KM is floored
         w = 1 / np.maximum(rows["pred_depth_km_std"], solutions.MIN_SPREAD_KM) ** 2
         assert best.depth_errors.uncertainty == pytest.approx(np.sqrt(1 / w.sum()) * 1000)
