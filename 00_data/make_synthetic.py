@@ -43,6 +43,9 @@ def build_parser():
                    help="range of the source zones' depths, km (none: 2 25).")
     p.add_argument("--snr_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="range of the traces' SNR, dB (none: 5 40).")
+    p.add_argument("--p_position_range", type=float, nargs=2, default=None,
+                   metavar=("MIN", "MAX"),
+                   help="range of the P arrival's place in the 60 s trace, s (none: 5 15).")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (otherwise they are never touched).")
     p.add_argument("--no_progress", action="store_true",
@@ -60,7 +63,7 @@ def main(argv=None):
     prog = Path(sys.argv[0]).name or "make_synthetic.py"
     try:
         given = {"vp_km_s": args.vp, "vs_km_s": args.vs, "snr_db": args.snr_range,
-                 "zone_depth_km": args.depth_range}
+                 "zone_depth_km": args.depth_range, "p_position_s": args.p_position_range}
         physics = Physics(**{k: (tuple(v) if isinstance(v, list) else v)
                              for k, v in given.items() if v is not None})
         out = make_synthetic_california(

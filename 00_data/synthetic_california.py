@@ -76,29 +76,35 @@ class Physics:
         them; 3 % are deep, 30-60 km).
     snr_db : tuple of 2 floats
         Range of the traces' target SNR (dB).
+    p_position_s : tuple of 2 floats
+        Range of the P arrival's place in the 60 s trace (s); (10, 10) puts
+        every P at 10 s, as a set cut around catalogue picks would (the
+        locator's P-position measurement trains on such a set).
     """
 
     vp_km_s: float = VP_KM_S
     vs_km_s: float = VS_KM_S
     zone_depth_km: tuple = (2.0, 25.0)
     snr_db: tuple = (5.0, 40.0)
+    p_position_s: tuple = (5.0, 15.0)
 
     def __post_init__(self):
         if not 0 < self.vs_km_s < self.vp_km_s:
             raise ValueError(f"velocities must satisfy 0 < vs < vp (km/s), got vp "
                              f"{self.vp_km_s}, vs {self.vs_km_s}")
-        for name in ("zone_depth_km", "snr_db"):
+        for name in ("zone_depth_km", "snr_db", "p_position_s"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ValueError(f"{name} must be (min, max) with min <= max, got ({lo}, {hi})")
+        if self.p_position_s[0] < 1 or self.p_position_s[1] > 30:
+            raise ValueError(f"p_position_s must lie within 1-30 s of the 60 s trace, got "
+                             f"{self.p_position_s}")
         if self.zone_depth_km[0] < 0 or self.zone_depth_km[1] > 60:
             raise ValueError(f"zone_depth_km must lie within 0-60 km, got {self.zone_depth_km}")
 
 
 # Epicentral distance range of events from their recording station, km.
 EPI_RANGE_KM = (5.0, 150.0)
-# Window (samples) in which the P arrival is placed.
-P_SAMPLE_RANGE = (500, 1500)
 # Samples after S used as the "signal" window for the SNR.
 SNR_WINDOW_AFTER_S = 400
 
@@ -232,7 +238,8 @@ def synthesize_trace(rng, station_lat, station_lon, event_lat, event_lon,
 
     # Integer picks; S-P from straight-ray travel times.
     sp_samples = int(round((hyp_km / physics.vs_km_s - hyp_km / physics.vp_km_s) * FS))
-    p = int(rng.integers(P_SAMPLE_RANGE[0], P_SAMPLE_RANGE[1] + 1))
+    first, last = (int(round(v * FS)) for v in physics.p_position_s)
+    p = int(rng.integers(first, last + 1))
     if p + sp_samples > N_SAMPLES - 500:  # keep S and some coda in the trace
         p = N_SAMPLES - 500 - sp_samples
         if p < 100:

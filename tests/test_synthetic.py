@@ -354,3 +354,21 @@ def test_event_files_have_one_origin_time_per_event(dataset, tmp_path):
     assert (row["north_std_km"], row["east_std_km"], row["depth_std_km"]) == (3.0, 4.0, 5.0)
     assert row["depth_error_km"] == pytest.approx(2.0)
     assert row["epicentral_error_km"] == pytest.approx(0.2 * 111.0, rel=0.01)
+
+
+def test_physics_places_p_where_asked_and_checks_its_ranges(tmp_path):
+    """--p_position_range 10 10: every P at 10 s (a set cut around catalogue picks, for
+    the locator's P-position measurement); the default spreads P over 5-15 s."""
+    import h5py
+
+    fixed = sc.make_synthetic_california(
+        str(tmp_path / "fixed.hdf5"), str(tmp_path / "fixed"), n_traces=40, n_stations=3,
+        progress=False, physics=sc.Physics(p_position_s=(10.0, 10.0)))
+    with h5py.File(fixed["hdf5"] if isinstance(fixed, dict) else tmp_path / "fixed.hdf5") as fh:
+        group = fh["data"] if "data" in fh else fh
+        p = [group[k].attrs["p_arrival_sample"] for k in group
+             if "p_arrival_sample" in group[k].attrs]
+    assert len(p) == 40 and set(p) == {1000.0}
+    for bad in ((12.0, 10.0), (0.0, 10.0), (10.0, 40.0)):
+        with pytest.raises(ValueError, match="p_position_s"):
+            sc.Physics(p_position_s=bad)
