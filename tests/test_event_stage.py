@@ -231,3 +231,24 @@ def test_a_one_sided_network_reports_its_mirror_ambiguity():
         truth[0], truth[1], *s)[()]), truth[2], 0.1)) for s in around]
     solution, _ = _event(around, p_times, estimate=truth, std=[(5.0, 5.0, 5.0)] * 4)
     assert "mirror" not in solution.flag
+
+
+def test_estimates_past_a_pole_or_the_dateline_are_put_back_on_the_globe():
+    """Before: a station near a pole whose estimate landed past 90 deg stopped the run in
+    origin_time() (``cannot convert float NaN to integer``); single-station longitudes
+    near the dateline were written as -180.547."""
+    from utrans_loc import estimates
+
+    located = pd.DataFrame({
+        "network": ["XX", "XX"], "station": ["POLE", "DATE"], "location": ["", ""],
+        "p_time": [T0, T0], "event_id": ["a", "b"], "station_lat": [89.9, 10.0],
+        "station_lon": [0.0, -179.9], "station_elevation_m": [0.0, 0.0]})
+    # model outputs are station minus event offsets (deg) and a normalised depth
+    pred = np.array([[-0.3, 0.0, 0.1], [0.0, 0.647, 0.1]])
+    table = estimates.locations_table(located, pred, {"max_d": 100.0, "min_d": 0.0},
+                                      HALF_SPACE)
+    assert table["pred_event_lat"][0] == pytest.approx(89.8)          # over the pole
+    assert table["pred_event_lon"][0] == pytest.approx(-180.0)
+    assert table["pred_event_lon"][1] == pytest.approx(179.453)
+    assert all(isinstance(t, UTCDateTime) for t in table["origin_time_approx"])
+    assert np.isfinite(table["hypocentral_distance_km"]).all()

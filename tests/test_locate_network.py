@@ -66,10 +66,12 @@ def test_hybrid_origins_in_events_csv_and_quakeml(network_files, trained, tmp_pa
     multi = events[events["n_stations"] > 1]
     assert len(multi) and (multi["method"] == "hybrid").all()
     assert (multi["n_p"] == multi["n_stations"]).all() and (multi["n_s"] == multi["n_p"]).all()
-    # The tiny model's estimates are far off (two epochs from random weights), so no
-    # origin explains both them and the picks: each is located and flagged. How well
-    # the hybrid origin fits good estimates and picks: test_origins and the unit test below.
-    assert (multi["rms_s"] > 0).all() and multi["flag"].str.contains("--max_rms_s").all()
+    # The RMS flag follows the RMS residual, whatever the model's estimates are worth (how
+    # well the hybrid origin fits good estimates and picks: test_origins and the unit
+    # tests below; a flagged origin is still located).
+    assert (multi["rms_s"] > 0).all()
+    rms_flagged = multi["flag"].fillna("").str.contains("above --max_rms_s")
+    assert (rms_flagged == (multi["rms_s"] > 1.0)).all()
     assert (multi[["latitude_std_km", "depth_km_std", "origin_time_std_s"]] > 0).all().all()
     assert _validate(str(out / "events.xml"))
     catalog = read_events(str(out / "events.xml"))
