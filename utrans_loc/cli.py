@@ -182,3 +182,13 @@ def run_main(func, args, prog, interrupted=""):
         return 2
     return 0
 
+
+def config_class(name, fields, methods, module, doc):
+    """A frozen dataclass of a stage's options: ``fields`` from its option table
+    (``make_dataclass`` fields), ``methods`` the class of what it derives from them."""
+    import dataclasses
+
+    cls = dataclasses.make_dataclass(name, fields, bases=(methods,), frozen=True)
+    cls.__module__ = module   # (make_dataclass's module= needs Python 3.12)
+    cls.__doc__ = doc
+    return cls

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utrans_loc import (checkpoints, estimates, event_output, events, files, locate_options,
+from utrans_loc import (checkpoints, cli, estimates, event_output, events, files, locate_options,
                         prediction, velocity, waveforms)
 from utrans_loc import picks as pick_files
 from utrans_loc import sources
@@ -63,12 +63,10 @@ class _LocateConfigMethods:
 
 # One field per row of locate_options.LOCATE_OPTIONS, in locator's order, with its
 # default as locator passes it (channel_priority and pick_std_s as tuples).
-LocateConfig = dataclasses.make_dataclass(
-    "LocateConfig", locate_options.config_fields(), bases=(_LocateConfigMethods,),
-    frozen=True)
-LocateConfig.__module__ = __name__   # (make_dataclass's module= needs Python 3.12)
-LocateConfig.__doc__ = ("Every locator parameter (documented in ``locator``, declared in "
-                        ":data:`utrans_loc.locate_options.LOCATE_OPTIONS`), in its order.")
+LocateConfig = cli.config_class(
+    "LocateConfig", locate_options.config_fields(), _LocateConfigMethods, __name__,
+    "Every locator parameter (documented in ``locator``, declared in "
+    ":data:`utrans_loc.locate_options.LOCATE_OPTIONS`), in its order.")
 
 
 @dataclasses.dataclass

@@ -216,13 +216,12 @@ LOCATE_OPTIONS = (
            "hybrid: single-station estimates as priors + P/S arrival times; "
            "weighted: inverse-variance mean of the estimates",
            {"choices": solutions.COMBINE_METHODS}, ORIGIN_GROUP),
-    _origin("vp", velocity.VP_KM_S,
-            "P velocity of a homogeneous half-space (km/s), without --velocity_model",
-            "P velocity (km/s) of a homogeneous half-space (straight rays) for ``hybrid``, "
-            "when no ``velocity_model`` is given."),
-    _origin("vs", velocity.VS_KM_S,
-            "S velocity of a homogeneous half-space (km/s), without --velocity_model",
-            "S velocity (km/s) of the half-space of ``vp``."),
+    *(_origin(name, default, f"{name[1].upper()} velocity of a homogeneous half-space "
+                             "(km/s), without --velocity_model", doc)
+      for name, default, doc in (
+          ("vp", velocity.VP_KM_S, "P velocity (km/s) of a homogeneous half-space (straight "
+                                   "rays) for ``hybrid``, when no ``velocity_model`` is given."),
+          ("vs", velocity.VS_KM_S, "S velocity (km/s) of the half-space of ``vp``."))),
     Option("velocity_model", None, "str or None",
            "A 1-D model file, one ``depth_top_km, vp, vs`` line per layer (tops increasing "
            "from 0, ``#`` comments); travel times are ObsPy TauP's first arrivals (a table "

@@ -23,7 +23,7 @@ import numpy as np
 
 import EqT_utils_Loc_California as U
 import utrans_backbone as ub
-from utrans_loc import batchnorm, devices, files, options, run_state, splits
+from utrans_loc import batchnorm, cli, devices, files, options, run_state, splits
 from utrans_loc.checkpoints import (HEAD_KEYS, MODEL_CONFIG_NAME, check_variance_head,
                                     write_model_config)
 from utrans_loc.figures import plot_history
@@ -49,12 +49,10 @@ class _TrainConfigMethods:
 # One field per row of options.TRAIN_OPTIONS, with its default. An ignored
 # option (label_type) is accepted, as callers pass every trainer1 parameter,
 # and not kept: it reaches neither the generators nor run_config.json.
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig", options.config_fields(options.TRAIN_OPTIONS), bases=(_TrainConfigMethods,),
-    frozen=True)
-TrainConfig.__module__ = __name__   # (make_dataclass's module= needs Python 3.12)
-TrainConfig.__doc__ = ("Every trainer1 parameter (documented in ``trainer1``, declared in "
-                       ":data:`utrans_loc.options.TRAIN_OPTIONS`), in its order.")
+TrainConfig = cli.config_class(
+    "TrainConfig", options.config_fields(options.TRAIN_OPTIONS), _TrainConfigMethods, __name__,
+    "Every trainer1 parameter (documented in ``trainer1``, declared in "
+    ":data:`utrans_loc.options.TRAIN_OPTIONS`), in its order.")
 
 
 @dataclasses.dataclass
