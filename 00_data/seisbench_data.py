@@ -20,12 +20,12 @@ version marker; checked against seisbench's source at commit 2a6b5bc2 and its
   trace_dt_s``) over ``sampling_rate`` (as SeisBench does).
 
 Each earthquake trace is turned into what ``build_california.py`` writes from
-STEAD: components E, N, Z; 100 Hz (:func:`utrans_loc.waveforms.resample_to_100hz`:
-scipy's polyphase resampler for rates with a small exact ratio to 100 Hz, else
-ObsPy's Lanczos interpolation, the locator's resampler);
-6000 samples with the P arrival inside (longer traces are cut, shorter ones
-zero-padded at the end); band-passed and tapered as the DataCollected files are
-(:func:`utrans_loc.traces.bandpass_taper`); the SeisBench metadata under the
+STEAD, by the model window's spec (:data:`utrans_loc.waveforms.WINDOW`, the
+locator's too): components E, N, Z; 100 Hz (its resampler,
+:func:`utrans_loc.waveforms.resample_to_100hz`); 6000 samples with the P
+arrival inside (longer traces are cut, shorter ones zero-padded at the end);
+band-passed and tapered as the DataCollected files are (its band-pass,
+:func:`utrans_loc.traces.bandpass_taper`); the SeisBench metadata under the
 upstream attribute names (:mod:`utrans_loc.vocabulary`). :class:`SeisBenchSource`
 hands this to the shared engine (:func:`build_engine.build_dataset`: shards,
 resume, splits by event, reports, commit), as the STEAD builder does.
@@ -54,8 +54,8 @@ import build_engine as engine  # noqa: E402
 from california import region_from_options  # noqa: E402
 from utrans_loc import traces as T  # noqa: E402
 from utrans_loc import vocabulary  # noqa: E402
-from utrans_loc.waveforms import (NPTS, P_LEAD_SAMPLES, SAMPLING_RATE,  # noqa: E402
-                                  resample_to_100hz)
+from utrans_loc import waveforms as W  # noqa: E402
+from utrans_loc.waveforms import P_LEAD_SAMPLES  # noqa: E402,F401  (where to_window puts P)
 
 __all__ = ["Chunk", "find_chunks", "read_data_format", "parse_trace_name", "read_trace",
            "to_window", "select_seisbench", "SeisBenchSource", "build_from_seisbench",
@@ -202,6 +202,9 @@ def read_trace(fh, trace_name, dimension_order="CW"):
 def to_window(wave, components, sampling_rate, p_sample=math.nan):
     """One trace -> the (6000, 3) E N Z window at 100 Hz, before filtering.
 
+    The window is :data:`utrans_loc.waveforms.WINDOW`'s (read when called):
+    its channel order, rate, length, resampler and P position.
+
     Parameters
     ----------
     wave : array (C, W)
@@ -209,8 +212,9 @@ def to_window(wave, components, sampling_rate, p_sample=math.nan):
     components : str
         Its component letters (``"ZNE"``, ``"ENZ"``, ...); E, N and Z must be there.
     sampling_rate : float
-        Hz. Other rates than 100 Hz are resampled onto the 100 Hz grid
-        (:func:`utrans_loc.waveforms.resample_to_100hz`).
+        Hz. Other rates than 100 Hz are resampled onto the 100 Hz grid from
+        the first sample (the window's resampler,
+        :func:`utrans_loc.waveforms.resample_to_100hz`).
     p_sample : float
         P arrival (sample of the original trace), NaN when unknown.
 
@@ -220,8 +224,8 @@ def to_window(wave, components, sampling_rate, p_sample=math.nan):
         (6000, 3) float32; zero-padded at the end when the trace is shorter.
     start : int
         First 100 Hz sample of the trace in the window: 0, unless a trace
-        longer than 60 s had to be cut to keep P inside (then P sits
-        :data:`P_LEAD_SAMPLES` into the window, or later where the trace ends
+        longer than 60 s had to be cut to keep P inside (then P sits the
+        window's ``p_position_s`` into it, or later where the trace ends
         sooner).
     scale : float
         100 / sampling_rate (sample positions of the trace times this, minus
@@ -234,30 +238,31 @@ def to_window(wave, components, sampling_rate, p_sample=math.nan):
     engine.SkipTrace
         Missing component ('components'), P outside the data ('p_outside').
     """
+    spec = W.WINDOW
     letters = str(components).upper()
     if len(letters) != wave.shape[0]:
         raise engine.SkipTrace("components", f"component order {components!r} names "
                                              f"{len(letters)} channels, the trace has "
                                              f"{wave.shape[0]}")
-    missing = [c for c in "ENZ" if c not in letters]
+    missing = [c for c in spec.channels if c not in letters]
     if missing:
         raise engine.SkipTrace("components", f"no {'/'.join(missing)} component (order "
                                              f"{components!r}); horizontals are not rotated "
                                              "here")
-    enz = wave[[letters.index(c) for c in "ENZ"]]
-    scale = SAMPLING_RATE / float(sampling_rate)
+    enz = wave[[letters.index(c) for c in spec.channels]]
+    scale = spec.sampling_rate / float(sampling_rate)
     if abs(scale - 1.0) > 1e-9:
-        enz = np.stack([resample_to_100hz(c, sampling_rate) for c in enz])
+        enz = np.stack([spec.resample(c, sampling_rate) for c in enz])
     n = enz.shape[1]
     p = p_sample * scale if math.isfinite(p_sample) else math.nan
     if math.isfinite(p) and not 0 <= p < n:
         raise engine.SkipTrace("p_outside", f"P arrival at sample {p_sample:g} is outside "
                                             f"the {n}-sample trace")
-    start = 0
-    if n > NPTS and math.isfinite(p) and p >= NPTS - P_LEAD_SAMPLES:
-        start = int(min(round(p) - P_LEAD_SAMPLES, n - NPTS))
-    window = np.zeros((NPTS, 3), np.float32)
-    part = enz[:, start:start + NPTS].T
+    start, npts, lead = 0, spec.npts, spec.p_position_samples
+    if n > npts and math.isfinite(p) and p >= npts - lead:
+        start = int(min(round(p) - lead, n - npts))
+    window = np.zeros((npts, len(spec.channels)), np.float32)
+    part = enz[:, start:start + npts].T
     window[:len(part)] = part
     return window, start, scale, len(part)
 
@@ -444,7 +449,7 @@ class SeisBenchSource:
         window, start, scale, n = to_window(wave, components, rate,
                                             _number(meta.get("trace_p_arrival_sample")))
         # Filtered and tapered over the data only; the padding stays zero.
-        window[:n] = T.bandpass_taper(window[:n])
+        window[:n] = W.WINDOW.bandpass(window[:n])
         return window, self._attrs(meta, start, scale)
 
     def skipped_attrs(self, readers, row):
@@ -455,7 +460,7 @@ class SeisBenchSource:
         stead = {st: meta.get(sb) for sb, st in _TO_STEAD.items() if _known(meta.get(sb))}
         for sb, st in _SAMPLE_COLUMNS.items():
             value = _number(meta.get(sb)) * scale - start
-            if math.isfinite(value) and 0 <= value < NPTS:
+            if math.isfinite(value) and 0 <= value < W.WINDOW.npts:
                 stead[st] = value
         category = meta.get("trace_category") or meta.get("source_type") or "earthquake"
         stead["trace_category"] = "earthquake_local" if _EARTHQUAKE.search(str(category)) \
@@ -464,7 +469,7 @@ class SeisBenchSource:
             moved = pd.to_datetime(meta["trace_start_time"], errors="coerce")
             if not pd.isna(moved):
                 stead["trace_start_time"] = str(moved + pd.Timedelta(seconds=start /
-                                                                     SAMPLING_RATE))
+                                                                     W.WINDOW.sampling_rate))
         attrs = T.stead_to_upstream(stead)
         attrs["AI_Set"] = "SeisBench"
         attrs["seisbench_trace_name"] = str(meta["trace_name"])

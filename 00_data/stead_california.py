@@ -35,11 +35,11 @@ import build_engine as engine  # noqa: E402
 from california import region_from_options  # noqa: E402
 from utrans_loc import traces as T  # noqa: E402
 from utrans_loc import vocabulary  # noqa: E402
-from utrans_loc.waveforms import NPTS  # noqa: E402
+from utrans_loc.waveforms import WINDOW  # noqa: E402
 
 __all__ = ["check_inputs", "select_traces", "process_trace", "build_california", "SteadSource"]
 
-DIM = (NPTS, 3)
+DIM = (WINDOW.npts, len(WINDOW.channels))   # STEAD's traces are the model's window as they are
 EARTHQUAKE = "earthquake_local"
 
 
@@ -236,7 +236,8 @@ def process_trace(reader, trace_name, region):
     -------
     data : numpy.ndarray
         (6000, 3) float32: 1-45 Hz zero-phase Butterworth (2 corners) and a
-        cosine taper of 1 % per end, at most 2 s (``T.bandpass_taper``).
+        cosine taper of 1 % per end, at most 2 s (the window's band-pass,
+        ``WINDOW.bandpass``).
     attrs : dict
         Upstream attribute names (``T.stead_to_upstream``).
 
@@ -265,7 +266,7 @@ def process_trace(reader, trace_name, region):
     if not (region.contains(lat, lon)[0] and region.contains(event_lat, event_lon)[0]):
         raise engine.SkipTrace("region", "station or event outside the region by the HDF5 "
                                          "attributes (the CSV placed it inside)")
-    return T.bandpass_taper(raw), attrs
+    return WINDOW.bandpass(raw), attrs
 
 
 # --------------------------------------------------------------------------

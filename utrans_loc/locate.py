@@ -43,7 +43,9 @@ from utrans_loc import sources
 from utrans_loc import stations as station_files
 from utrans_loc.uncertainty import mc_sampling_model
 
-DEFAULT_P_POSITION_S = 7.0
+# Where P sits in the window for a model that does not record it (an upstream Keras 2
+# checkpoint): the window spec's, STEAD's median (waveforms.WindowSpec).
+DEFAULT_P_POSITION_S = waveforms.WINDOW.p_position_s
 # P picks per chunk of the stream: windows (6000 x 3 float64 each) and model
 # input of one chunk, and of the next one being read, are what the run holds.
 CHUNK_PICKS = 240
@@ -104,6 +106,9 @@ def run(cfg, model=None):
     picks = pick_files.read_picks(cfg.input_picks)
     picks["pick_id"] = [str(i) for i in picks.index]
     p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
+    outside = p_positions_outside(p_picks, settings)
+    if outside:
+        print(outside, file=sys.stderr)
     if cfg.verbose:
         kept = f" (and {len(s_picks)} S pick(s) kept)" if len(s_picks) else ""
         print(prediction.start_line("locator", f"locating {len(p_picks)} P pick(s){kept} of "
@@ -334,22 +339,49 @@ def check_origin_options(cfg):
 
 
 def model_settings(cfg):
-    """The checkpoint's settings plus the locator's ``p_position_s`` and ``bandpass``.
+    """The checkpoint's settings plus the locator's ``p_position_s``, ``p_position_range_s``
+    and ``bandpass``.
 
-    ``p_position_s``: given, else model_config.json's ``p_position_s``, else
-    7 s. ``bandpass``: given, else on (see ``locator``: the training
-    waveforms were band-passed, in the DataCollected file or on reading).
+    ``p_position_s``: given, else model_config.json's ``p_position_s`` (the
+    median P position of the training data, trainer1), else
+    :data:`DEFAULT_P_POSITION_S`. ``p_position_range_s``: the P positions the
+    model was trained on (model_config.json), else the whole window (an
+    upstream checkpoint: its training shifted every event, shift_event_r 0.99,
+    UTRANS_SPEC.md section 4). ``bandpass``: given, else on (see ``locator``:
+    the training waveforms were band-passed, in the DataCollected file or on
+    reading).
     """
     settings = checkpoints.model_settings(cfg.input_model)
     saved = checkpoints.read_model_config(cfg.input_model)
+    trained = saved.get("p_position_s")
     position = cfg.p_position_s if cfg.p_position_s is not None else \
-        float(saved.get("p_position_s", DEFAULT_P_POSITION_S))
+        float(trained if trained is not None else DEFAULT_P_POSITION_S)
     length_s = settings["input_dimention"][0] / waveforms.SAMPLING_RATE
     if not 0 <= position < length_s:
         raise ValueError(f"p_position_s must be in [0, {length_s:g}) s, got {position}")
     settings["p_position_s"] = position
+    seen = saved.get("p_position_range_s")
+    settings["p_position_range_s"] = (float(seen[0]), float(seen[1])) if seen else \
+        (0.0, length_s)
     settings["bandpass"] = True if cfg.bandpass is None else bool(cfg.bandpass)
     return settings
+
+
+def p_positions_outside(p_picks, settings):
+    """One warning line when P picks put P (their ``p_position_s``, else the run's)
+    outside the positions the model was trained on; None when none do."""
+    lo, hi = settings["p_position_range_s"]
+    given = pd.to_numeric(p_picks["p_position_s"], errors="coerce").to_numpy(float)
+    positions = np.where(np.isfinite(given), given, settings["p_position_s"])
+    outside = (positions < lo) | (positions > hi)
+    if not outside.any():
+        return None
+    values = sorted(set(positions[outside].tolist()))
+    shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+    return (f"warning: {int(outside.sum())} of {len(positions)} P pick(s) put P at {shown} s "
+            f"in the window, outside the {round(lo, 2):g}-{round(hi, 2):g} s where the model's "
+            "training windows held it (model_config.json p_position_range_s): its estimates "
+            "there are extrapolations")
 
 
 def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_picks, events_table,

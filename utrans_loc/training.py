@@ -29,6 +29,7 @@ from utrans_loc.checkpoints import (HEAD_KEYS, MODEL_CONFIG_NAME, check_variance
 from utrans_loc.figures import plot_history
 from utrans_loc.options import MODES
 from utrans_loc.traces import TraceError, check_max_preload_gb, check_preload
+from utrans_loc.waveforms import WINDOW
 
 RUN_CONFIG = "run_config.json"
 
@@ -101,7 +102,7 @@ def train(cfg, run_, start):
     train_gen, valid_gen, clean_gen = make_generators(cfg, data)
     model = build_model(cfg, weights, run_)
     if not cfg.resume:
-        write_run_files(cfg, run_)
+        write_run_files(cfg, run_, data)
     callbacks = make_callbacks(cfg, run_, train_gen, clean_gen)
     initial_epoch = restore(cfg, run_, callbacks, train_gen)
     print(f"trainer1: {len(data['input_trainset'])} training / {len(data['input_validset'])} "
@@ -281,8 +282,9 @@ def build_metrics(model):
     model.reset_metrics()
 
 
-def write_run_files(cfg, run_):
-    """A new run's folders, run_config.json (for --resume) and models/model_config.json."""
+def write_run_files(cfg, run_, data):
+    """A new run's folders, run_config.json (for --resume) and models/model_config.json
+    (with the training data's window layout, :func:`window_layout`)."""
     os.makedirs(run_.models_dir)
     os.makedirs(run_.state_dir)
     files.atomic_write_text(os.path.join(run_.output_dir, RUN_CONFIG),
@@ -294,9 +296,21 @@ def write_run_files(cfg, run_):
                        min_d=cfg.min_d, normalization_mode=cfg.normalization_mode,
                        bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision,
                        aleatoric=bool(cfg.aleatoric), **cfg.head,
+                       **window_layout(cfg, data["input_trainset_meta"]),
                        trained_on={"input_hdf5": os.path.abspath(cfg.input_hdf5),
                                    "input_trainset": os.path.abspath(cfg.input_trainset),
                                    "input_validset": os.path.abspath(cfg.input_validset)})
+
+
+def window_layout(cfg, train_meta):
+    """Where P sat in the training windows (:meth:`WindowSpec.training_layout` of the
+    training split's ``p_arrival_sample``, read with the split's metadata): the
+    locator's default P position is the median, and it warns of picks outside the
+    range. The shift augmentation moves P anywhere in the window, so with it on the
+    range is the whole window."""
+    spec = dataclasses.replace(WINDOW, npts=int(cfg.input_dimention[0]))
+    shifted = bool(cfg.augmentation) and float(cfg.shift_event_r or 0) > 0
+    return spec.training_layout(train_meta["p_arrival_sample"], shifted)
 
 
 def make_callbacks(cfg, run_, train_gen, clean_gen=None):
