@@ -57,7 +57,7 @@ def captured(monkeypatch):
 
 def test_signature_matches_the_table():
     assert locate_options.signature_mismatches(lc.locator) == []
-    assert len(NAMES) == len(set(NAMES)) == 25
+    assert len(NAMES) == len(set(NAMES)) == 26
 
 
 def test_every_config_field_is_an_option_and_a_parameter_with_the_same_default():

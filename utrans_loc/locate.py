@@ -39,7 +39,7 @@ from tqdm import tqdm
 from utrans_loc import (checkpoints, cli, estimates, event_output, events, files, locate_options,
                         prediction, velocity, waveforms)
 from utrans_loc import picks as pick_files
-from utrans_loc import sources
+from utrans_loc import relocation, sources
 from utrans_loc import stations as station_files
 from utrans_loc.uncertainty import mc_sampling_model
 
@@ -103,7 +103,7 @@ def run(cfg, model=None):
     prediction.check_calibration_spread(cfg, settings)
     calibration = prediction.read_saved_calibration(cfg)  # checked against input_model's sha256
     travel = velocity.check_velocity_model(cfg.vp, cfg.vs, cfg.velocity_model)   # built, checked
-    picks = pick_files.read_picks(cfg.input_picks)
+    picks = pick_files.read_picks(cfg.input_picks, cfg.picks_format, cfg.input_inventory)
     picks["pick_id"] = [str(i) for i in picks.index]
     p_picks, s_picks = picks[picks["phase"] == "P"], picks[picks["phase"] == "S"]
     outside = p_positions_outside(p_picks, settings)
@@ -134,6 +134,8 @@ def run(cfg, model=None):
         origin_start = time.time()
         events_table = write_events(staged.path, table, s_table, travel, cfg)
         timings["origins_s"] = time.time() - origin_start
+        relocation.write_relocation_files(staged.path, os.path.join(staged.path, EVENTS_NAME),
+                                          cfg.pick_std_s, cfg.verbose)
         skipped_out = skipped_table(skipped)
         files.atomic_write(os.path.join(staged.path, SKIPPED_NAME),
                            lambda fh: skipped_out.to_csv(fh, index=False))
@@ -392,7 +394,8 @@ def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_pi
     return [
         ("input_waveforms", cfg.input_waveforms), ("input_sds", cfg.input_sds),
         ("input_inventory", cfg.input_inventory),
-        ("input_picks", cfg.input_picks), ("input_model", cfg.input_model),
+        ("input_picks", cfg.input_picks), ("picks_format", cfg.picks_format),
+        ("input_model", cfg.input_model),
         ("input_model_sha256", loaded["sha256"] if loaded else "(model given in-process)"),
         ("output_name", cfg.output_name), ("channel_priority", ",".join(cfg.channel_priority)),
         ("max_gap_s", cfg.max_gap_s), ("estimate_uncertainty", cfg.estimate_uncertainty),

@@ -18,7 +18,7 @@ signature (the tests say when they differ); ``report_items`` in
 :mod:`utrans_loc.locate` if report.txt should show it.
 
 Imports no deep-learning backend (``--help`` stays fast and quiet): only the
-modules that own the defaults (velocity, origins, waveforms, solutions).
+modules that own the defaults (velocity, origins, waveforms, solutions, pick_formats).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import re
 import textwrap
 from typing import Callable
 
-from utrans_loc import cli, origins, solutions, velocity, waveforms
+from utrans_loc import cli, origins, pick_formats, solutions, velocity, waveforms
 
 # locate.DEFAULT_P_POSITION_S, named in --p_position_s's help (locate imports the
 # backend; the tests keep the two equal).
@@ -156,6 +156,20 @@ LOCATE_OPTIONS = (
            "another or no phase are listed in skipped.csv.",
            "CSV network,station,p_time[,phase,event_id,location,p_position_s] or QuakeML",
            {"required": True}),
+    Option("picks_format", "auto", "str",
+           "The layout of ``input_picks``. 'auto': told by a CSV's columns, else by the "
+           "file's text; or one of 'locator' (the CSV above), 'quakeml' (an event file "
+           "ObsPy reads), 'seisbench', 'phasenet', 'gamma', 'pyocto', 'eqtransformer', "
+           "'nlloc_obs': the files those tools write (columns and documentation in "
+           "docs/locating.md, :mod:`utrans_loc.pick_formats`). Their station ids are split "
+           "into network, station and location (a station code without its network is "
+           "looked up in ``input_inventory``), a pick's probability or score is kept, and "
+           "picks an associator put into one event (GaMMA, PyOcto, an NLLOC_OBS block) are "
+           "combined; the others are each located at their own station, as picks without "
+           "an event_id are.",
+           "layout of --input_picks: auto (by its columns or text), or the file of: "
+           "locator, quakeml, seisbench, phasenet, gamma, pyocto, eqtransformer, nlloc_obs",
+           {"choices": pick_formats.FORMATS}),
     Option("input_model", None, "str",
            "Location weights: trainer1's ``.weights.h5`` (head size and depth range from the "
            "``model_config.json`` beside it) or an upstream Keras 2 ``.h5``.",

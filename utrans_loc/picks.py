@@ -1,4 +1,6 @@
-"""Pick files to the picks table: a CSV or an event file ObsPy reads (QuakeML, ...).
+"""Pick files to the picks table: a CSV, an event file ObsPy reads (QuakeML, ...), or
+the pick files of other tools (SeisBench, PhaseNet, GaMMA, PyOcto, EQTransformer,
+NLLOC_OBS: :mod:`utrans_loc.pick_formats`).
 
 :func:`read_picks` turns a picks file into one table row per pick, with its P
 or S class (:data:`PHASE_HINTS`) and its label as given, or the reason it
@@ -28,7 +30,7 @@ PICK_COLUMNS = ("network", "station", "p_time")
 PHASE_HINTS = {"P": "P", "Pg": "P", "Pn": "P", "Pb": "P",
                "S": "S", "Sg": "S", "Sn": "S", "Sb": "S"}
 PICKS_TABLE_COLUMNS = ("network", "station", "location", "time", "phase", "phase_hint",
-                       "event_id", "p_position_s", "reason")
+                       "event_id", "p_position_s", "reason", "probability", "band")
 # A pick time that is a plain number is POSIX seconds when it falls in 1900-2100;
 # a number beyond is a compact ISO 8601 time without separators (20200131120005.25).
 POSIX_SPAN_S = (-2208988800, 4102444800)      # 1900-01-01 to 2100-01-01, UTC
@@ -56,14 +58,22 @@ def phase_of(hint):
                   f"no phase hint (accepted: {accepted})")
 
 
-def read_picks(path):
-    """Picks from a CSV or an event file ObsPy reads (QuakeML, ...), with their phase.
+def read_picks(path, picks_format="auto", inventory=None):
+    """Picks from a CSV, an event file ObsPy reads (QuakeML, ...) or another tool's pick
+    file, with their phase.
+
+    ``picks_format``: one of :data:`utrans_loc.pick_formats.FORMATS`; ``'auto'``
+    tells the layout by a CSV's columns, else by the file's text
+    (:func:`utrans_loc.pick_formats.detect`; a CSV of no known layout is
+    refused naming its columns and the layouts known). ``inventory``: the
+    inventory file (or a :class:`~utrans_loc.stations.Stations`) a station id
+    without a network is looked up in (:class:`utrans_loc.pick_formats.StationIds`).
 
     CSV: columns ``network, station, p_time`` (or ``time``), optional
     ``phase`` (:data:`PHASE_HINTS`; ``P`` when the column or the cell is
     empty), ``event_id``, ``location`` (only that location code is used;
-    empty: any) and ``p_position_s`` (a P pick's position in the window,
-    overriding the run's). A time is ISO 8601 (UTC unless the time says
+    empty: any), ``p_position_s`` (a P pick's position in the window,
+    overriding the run's) and ``probability``. A time is ISO 8601 (UTC unless the time says
     otherwise), or a plain number: POSIX seconds (UTC) when it falls in
     1900-2100 (``1546300800.5``), else a compact ISO 8601 time without
     separators as ObsPy reads it (``20190101000000.5``); see :func:`pick_time`.
@@ -79,7 +89,13 @@ def read_picks(path):
     (later ones are listed as not used), ``event_id`` a readable form of the
     event's resource id (:func:`readable_ids`).
 
-    Both: a pick equal to an earlier one (:func:`mark_duplicates`) is listed
+    Other tools' files (:mod:`utrans_loc.pick_formats`): their station ids
+    split into network, station, location and band, their probability or
+    score kept, an associator's event id (GaMMA, PyOcto, an NLLOC_OBS block)
+    kept as ``event_id``; a row that cannot be read is a row not used, with
+    file and line, as in a CSV.
+
+    All: a pick equal to an earlier one (:func:`mark_duplicates`) is listed
     as a duplicate, not used twice.
 
     Returns
@@ -91,20 +107,24 @@ def read_picks(path):
         'Pg'; the class where none was given), event_id (str), p_position_s (float,
         NaN: the run's), reason`` (why the pick cannot be used, '' when it
         can), one row per pick, in file order. Picks without an event id get
-        their own (``NET.STA_<time>``).
+        their own (``NET.STA_<time>``). ``probability`` (float; NaN where
+        the file has none) and ``band`` (band and instrument code, e.g.
+        'HH', where the file names a channel; else None).
     """
     from obspy import UTCDateTime
+
+    from utrans_loc import pick_formats
 
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"picks file not found: {path}")
-    from_csv = _looks_like_csv(path, "p_time", "time")
-    picks, places = _picks_from_csv(path) if from_csv else _picks_from_events(path)
+    layout = pick_formats.detect(path, picks_format)
+    picks, places = pick_formats.read(path, layout, inventory)
     if not len(picks):
         raise ValueError(f"{path}: no picks")
     # object columns keep None: pandas' str dtype would turn a missing code into NaN
     # (a float, and truthy) where some rows have one.
-    for column in ("location", "phase", "phase_hint"):
+    for column in ("location", "phase", "phase_hint", "band"):
         picks[column] = pd.Series([v if isinstance(v, str) else None for v in picks[column]],
                                   index=picks.index, dtype=object)
     # A pick given as its class only (a CSV without a phase column) is labelled by it.
@@ -116,8 +136,9 @@ def read_picks(path):
     picks.loc[own, "event_id"] = [f"{n}.{s}_{t.strftime('%Y%m%dT%H%M%S.%fZ')}" for n, s, t in
                                   zip(picks.loc[own, "network"], picks.loc[own, "station"],
                                       picks.loc[own, "time"])]
+    picks["probability"] = pd.to_numeric(picks["probability"], errors="coerce").astype(float)
     mark_duplicates(picks, places, path)
-    if not from_csv:
+    if layout.events:      # grouped into events by the file: one P and one S per station
         _one_per_phase_and_station(picks)
     return picks.reset_index(drop=True)
 
@@ -185,14 +206,14 @@ def _looks_like_csv(path, *columns):
     return bool(set(columns) & {c.strip().strip('"') for c in head.split(",")})
 
 
-def _csv_rows(path):
+def _csv_rows(path, delimiter=","):
     """(header, rows) of a CSV file: the header's names stripped, each row as (its first
     line's number, fields; empty fields beyond the header's dropped); rows without any
-    text skipped. UTF-8 (a BOM is ignored)."""
+    text skipped. UTF-8 (a BOM is ignored); ``delimiter``: ',' or a tab."""
     rows, reader = [], None
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter=delimiter)
             header = [name.strip() for name in next(reader, [])]
             line = reader.line_num + 1
             for fields in reader:
@@ -216,7 +237,7 @@ def _picks_from_csv(path):
     if missing:
         raise ValueError(f"{path}: picks CSV lacks column(s) {', '.join(missing)} (needs "
                          f"{', '.join(PICK_COLUMNS)}; optional phase, event_id, location, "
-                         "p_position_s)")
+                         "p_position_s, probability)")
     column = {name: i for i, name in reversed(list(enumerate(header)))}   # first one wins
     records, places, errors = [], [], []
     for line, fields in rows:
@@ -228,7 +249,7 @@ def _picks_from_csv(path):
 
         hint = cell("phase")
         phase, reason = phase_of(hint) if hint else ("P", "")
-        time, position, problem = None, math.nan, ""
+        time, position, probability, problem = None, math.nan, math.nan, ""
         if n_fields > len(header):
             problem = (f"{n_fields} fields where the header has {len(header)} (a comma inside "
                        "a value: a decimal comma, or text that needs quotes?)")
@@ -242,13 +263,20 @@ def _picks_from_csv(path):
                 position = float(text) if text else math.nan
             except ValueError:
                 problem = problem or f"p_position_s {text!r} is not a number"
+            text = cell("probability")
+            try:
+                probability = float(text) if text else math.nan
+            except ValueError:
+                problem = problem or f"probability {text!r} is not a number"
         if problem:
             phase, reason, position = None, f"{path}, line {line}: {problem}", math.nan
+            probability = math.nan
             errors.append(reason)
         records.append({"network": cell("network"), "station": cell("station"),
                         "location": cell("location") or None, "time": time, "phase": phase,
                         "phase_hint": hint or None, "event_id": cell("event_id"),
-                        "p_position_s": position, "reason": reason})
+                        "p_position_s": position, "reason": reason,
+                        "probability": probability, "band": None})
         places.append(f"line {line}")
     if records and len(errors) == len(records):
         raise ValueError(f"{path}: no row could be read as a pick; first: {errors[0]}")
@@ -294,11 +322,14 @@ def _picks_from_events(path):
                 phase, reason = None, "no station code (waveform_id)"
             elif pick.time is None:
                 phase, reason = None, "no pick time"
+            channel = (wid.channel_code or "") if wid is not None else ""
             rows.append({"network": network, "station": station,
                          "location": (wid.location_code or None) if wid is not None else None,
                          "time": pick.time, "phase": phase,
                          "phase_hint": str(hint).strip() or None if hint else None,
-                         "event_id": event_id, "p_position_s": math.nan, "reason": reason})
+                         "event_id": event_id, "p_position_s": math.nan, "reason": reason,
+                         "probability": math.nan,
+                         "band": channel[:2] if len(channel) == 3 else None})
             places.append(f"event {event_id}, pick {number}")
     return pd.DataFrame(rows, columns=PICKS_TABLE_COLUMNS), places
 

@@ -77,6 +77,24 @@ class Stations:
                         f"do{'' if plural else 'es'} not cover")
         return None
 
+    def codes(self):
+        """{station code: {network code: its location codes (a set), or None for a CSV
+        inventory, which lists none}}: what a pick file's station id is matched against
+        when it leaves out the network or could name a location or a channel
+        (:mod:`utrans_loc.pick_formats`). Made once."""
+        if getattr(self, "_codes", None) is None:
+            codes = {}
+            if self.table is not None:
+                for network, station in zip(self.table["network"], self.table["station"]):
+                    codes.setdefault(str(station), {})[str(network)] = None
+            else:
+                for net in self.inventory:
+                    for sta in net.stations:
+                        places = codes.setdefault(sta.code, {}).setdefault(net.code, set())
+                        places.update(cha.location_code or "" for cha in sta.channels)
+            self._codes = codes
+        return self._codes
+
     def orientation(self, seed_id, time):
         """(azimuth, dip) in degrees of a channel at ``time``; None where unknown."""
         if self.inventory is None:
