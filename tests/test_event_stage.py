@@ -252,3 +252,21 @@ def test_estimates_past_a_pole_or_the_dateline_are_put_back_on_the_globe():
     assert table["pred_event_lon"][1] == pytest.approx(179.453)
     assert all(isinstance(t, UTCDateTime) for t in table["origin_time_approx"])
     assert np.isfinite(table["hypocentral_distance_km"]).all()
+
+
+def test_the_approximate_origin_time_follows_the_runs_velocity_model():
+    """Before: P time minus distance / 6 km/s whatever --vp or --velocity_model said."""
+    from utrans_loc import estimates
+
+    located = pd.DataFrame({
+        "network": ["XX"], "station": ["A"], "location": [""], "p_time": [T0],
+        "event_id": ["a"], "station_lat": [35.0], "station_lon": [-118.0],
+        "station_elevation_m": [0.0]})
+    pred = np.array([[0.3, 0.0, 0.1]])     # 33 km south, 10 km deep
+    times = {vp: estimates.locations_table(located, pred, {"max_d": 100.0, "min_d": 0.0},
+                                           velocity.HalfSpace(vp, 3.0))
+             ["origin_time_approx"][0] for vp in (5.0, 6.0)}
+    distance = float(estimates.locations_table(
+        located, pred, {"max_d": 100.0, "min_d": 0.0}, HALF_SPACE)["hypocentral_distance_km"][0])
+    for vp, when in times.items():
+        assert T0 - when == pytest.approx(distance / vp, rel=1e-6)
