@@ -132,6 +132,7 @@ def test_check_velocity_model_builds_the_model_once(tmp_path, monkeypatch):
         return velocity.HalfSpace(vp, vs) if path is None else object()
 
     monkeypatch.setattr(velocity, "velocity_model", building)
+    monkeypatch.setattr(velocity, "_BUILT", {})     # what earlier tests built is not ours
     half = velocity.check_velocity_model(6.0, 3.5)
     assert isinstance(half, velocity.HalfSpace) and velocity.check_velocity_model(6.0, 3.5) is half
     path = tmp_path / "m.txt"
