@@ -99,6 +99,10 @@ def build_parser():
     p.add_argument("--detach_variance", action=argparse.BooleanOptionalAction, default=True,
                    help="trainer1 --detach_variance: the variance head does not train the "
                         "shared features")
+    p.add_argument("--variance_head_units", type=int, default=0,
+                   help="trainer1 --variance_head_units: hidden units of the variance head "
+                        "(0: one Dense(3); 32 measured in docs/uncertainty.md: it does not "
+                        "rank the errors either)")
     p.add_argument("--freeze_foundation", action=argparse.BooleanOptionalAction, default=True,
                    help="trainer1 --freeze_foundation: train the decoder stream and the head only")
     p.add_argument("--foundation_weights", default=None,
@@ -192,7 +196,9 @@ def trainer_arguments(args, data, weights):
         "--warmup_epochs", args.warmup_epochs,
         *(["--freeze_foundation"] if args.freeze_foundation else []),
         *(["--aleatoric", "--nll_beta", args.nll_beta] if args.aleatoric else []),
-        *(["--detach_variance"] if args.detach_variance and args.aleatoric else [])]
+        *(["--detach_variance"] if args.detach_variance and args.aleatoric else []),
+        *(["--variance_head_units", args.variance_head_units]
+          if args.variance_head_units and args.aleatoric else [])]
 
 
 def _sampling(args):

@@ -76,7 +76,8 @@ def trainer1(input_hdf5=None,
              warmup_epochs=0.0,
              nll_beta=U.BETA_NLL,
              detach_variance=False,
-             freeze_foundation=False):
+             freeze_foundation=False,
+             variance_head_units=0):
     """Train the location model and write ``<output_name>_outputs/``.
 
     Parameters

@@ -156,6 +156,75 @@ def test_a_detached_variance_head_trains_its_own_weights_only(detach):
     assert (reached == own) is detach     # attached: it trains the shared features too
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_nonlinear_variance_head_has_its_hidden_layer_and_trains_only_itself(detach):
+    import tensorflow as tf
+
+    model = U.build_location_model(input_shape=(6000, 3), aleatoric=True,
+                                   detach_variance=detach, variance_head_units=8, **SMALL_HEAD)
+    hidden, last = model.get_layer("log_variance_hidden"), model.get_layer("log_variance")
+    assert hidden.units == 8 and hidden.activation is keras.activations.gelu
+    assert hidden.detach_inputs is detach and last.detach_inputs is False
+    assert last.input is hidden.output
+    assert model.get_layer("output_layer").input is hidden.input   # both read the pooled features
+    x = np.random.default_rng(0).normal(size=(2, 6000, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        _, log_var = U.split_mean_log_variance(model(x, training=True))
+        loss = tf.reduce_sum(log_var)
+    grads = tape.gradient(loss, model.trainable_variables)
+    own = {v.path for layer in (hidden, last) for v in layer.trainable_variables}
+    reached = {v.path for v, g in zip(model.trainable_variables, grads)
+               if g is not None and float(tf.reduce_max(tf.abs(g))) > 0}
+    assert own <= reached
+    assert (reached == own) is detach
+
+
+def test_the_published_variance_head_is_one_dense_layer():
+    model = U.build_location_model(input_shape=(6000, 3), aleatoric=True, **SMALL_HEAD)
+    assert "log_variance_hidden" not in [layer.name for layer in model.layers]
+    assert model.get_layer("log_variance").input is model.get_layer("output_layer").input
+
+
+def test_the_variance_head_starts_at_the_training_labels_variance():
+    """Not at a std of 1 (1 degree, the whole depth range): a short run does not come
+    down from there, and lowers its variances along the largest features instead."""
+    model = U.build_location_model(input_shape=(6000, 3), aleatoric=True,
+                                   variance_head_units=8, **SMALL_HEAD)
+    labels = np.random.default_rng(1).normal(size=(500, 3)) * [0.5, 0.3, 0.05] + [0, 0, 0.2]
+    kernel = model.get_layer("log_variance").get_weights()[0]
+    bias = U.set_log_variance_prior(model, labels)
+    np.testing.assert_allclose(bias, np.log(labels.var(axis=0)), rtol=1e-5)
+    after = model.get_layer("log_variance").get_weights()
+    np.testing.assert_array_equal(after[0], kernel)
+    np.testing.assert_allclose(after[1], bias)
+    assert U.label_log_variance(np.zeros((4, 3)))[0] == U.LOG_VARIANCE_RANGE[0]
+
+
+def test_a_nonlinear_variance_head_is_rebuilt_from_its_model_config(tmp_path):
+    from utrans_loc import checkpoints
+
+    model = U.build_location_model(input_shape=(6000, 3), aleatoric=True,
+                                   variance_head_units=8, **SMALL_HEAD)
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    checkpoints.write_model_config(str(tmp_path / checkpoints.MODEL_CONFIG_NAME), aleatoric=True,
+                                   variance_head_units=8, **SMALL_HEAD)
+    settings = checkpoints.model_settings(path)
+    assert settings["variance_head_units"] == 8
+    rebuilt, _ = checkpoints.build_from_checkpoint(path, settings)
+    np.testing.assert_array_equal(rebuilt.get_layer("log_variance_hidden").get_weights()[0],
+                                  model.get_layer("log_variance_hidden").get_weights()[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variance_head_units": 8}, "variance_head_units needs aleatoric"),
+    ({"variance_head_units": -1, "aleatoric": True}, "variance_head_units must be >= 0"),
+])
+def test_bad_variance_head_units_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        training.check_parameters(training.TrainConfig(input_hdf5="x.hdf5", **change))
+
+
 def test_auto_monitor_is_the_published_loss_or_the_mean_of_the_variance_head():
     plain = training.TrainConfig(input_hdf5="x.hdf5")
     assert plain.monitor == "auto" and training.monitored(plain) == "val_loss"
@@ -292,6 +361,10 @@ def test_the_demo_passes_its_training_recipe_to_trainer1():
     assert (default.epochs, default.bn_recalibration, default.monitor, default.aleatoric,
             default.nll_beta, default.detach_variance, default.freeze_foundation) == \
         (7, 20, "auto", True, 1.0, True, True)
+    assert default.variance_head_units == 0
+    nonlinear = parser.parse_args(list(map(str, demo.trainer_arguments(
+        demo.build_parser().parse_args(["--variance_head_units", "32"]), "d.hdf5", "none"))))
+    assert nonlinear.variance_head_units == 32
     earlier = parser.parse_args(list(map(str, demo.trainer_arguments(
         demo.build_parser().parse_args(["--no-aleatoric", "--bn_recalibration", "0",
                                         "--no-freeze_foundation", "--lr_schedule", "cosine",

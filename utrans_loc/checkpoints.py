@@ -175,6 +175,7 @@ def model_settings(input_model, **given):
         cfg[key] = value if value is not None else saved.get(key, default)
     cfg["input_dimention"] = tuple(cfg["input_dimention"])
     cfg["aleatoric"] = bool(saved.get("aleatoric", False))
+    cfg["variance_head_units"] = int(saved.get("variance_head_units", 0))
     if not cfg["max_d"] > cfg["min_d"]:
         raise ValueError(f"max_d ({cfg['max_d']}) must be larger than min_d ({cfg['min_d']})")
     return cfg
@@ -193,5 +194,7 @@ def build_from_checkpoint(input_model, cfg, foundation_weights=None, mixed_preci
         model = U.build_location_model(tuple(cfg["input_dimention"]),
                                        foundation_weights=foundation_weights,
                                        aleatoric=bool(cfg.get("aleatoric", False)),
+                                       variance_head_units=int(cfg.get("variance_head_units",
+                                                                       0)),
                                        **{k: cfg[k] for k in HEAD_KEYS})
     return model, load_location_weights(model, input_model)

@@ -274,6 +274,15 @@ TRAIN_OPTIONS = (
           "Keep the U-Trans foundation's weights (input to latent) fixed and train only the "
           "decoder stream and the ConvMixer head (about 1.4x faster steps on a CPU). Off: "
           "the published fine-tuning of the whole model."),
+    Option("variance_head_units", 0, "int",
+           "hidden units of a nonlinear variance head (0: one Dense(3)); its log-variances "
+           "start at the training labels' variance",
+           "With ``aleatoric``: 0 makes the variance head one Dense(3) on the pooled features "
+           "(the published head); N > 0 puts a hidden Dense(N, gelu) before it (detached with "
+           "``detach_variance``), and the head starts at the training labels' log-variance "
+           "(the constant predictor's error bar) instead of a std of 1 (1 degree, the whole "
+           "depth range), which a short run does not come down from.",
+           {"type": int}),
 )
 
 

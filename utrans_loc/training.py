@@ -101,6 +101,9 @@ def train(cfg, run_, start):
     devices.configure_gpus(cfg.gpu_limit, cfg.gpuid, cfg.multi_gpu, cfg.number_of_gpus)
     train_gen, valid_gen, clean_gen = make_generators(cfg, data)
     model = build_model(cfg, weights, run_)
+    if cfg.variance_head_units and not run_.state:
+        U.set_log_variance_prior(model, U.labels_from(data["input_trainset_meta"], cfg.max_d,
+                                                      cfg.min_d))
     if not cfg.resume:
         write_run_files(cfg, run_, data)
     callbacks = make_callbacks(cfg, run_, train_gen, clean_gen)
@@ -163,6 +166,10 @@ def check_parameters(cfg):
         check_max_preload_gb(cfg.max_preload_gb)
     if cfg.detach_variance and not cfg.aleatoric:
         raise ValueError("detach_variance needs aleatoric (the variance head)")
+    if int(cfg.variance_head_units) < 0:
+        raise ValueError(f"variance_head_units must be >= 0, got {cfg.variance_head_units}")
+    if cfg.variance_head_units and not cfg.aleatoric:
+        raise ValueError("variance_head_units needs aleatoric (the variance head)")
     if not 0 <= float(cfg.nll_beta) <= 1:
         raise ValueError(f"nll_beta must be within 0-1, got {cfg.nll_beta}")
     if cfg.monitor not in options.MONITORS:
@@ -248,7 +255,8 @@ def build_model(cfg, weights, run_):
             devices.precision_policy(cfg.mixed_precision):
         model = U.build_location_model(tuple(cfg.input_dimention), foundation_weights=weights,
                                        aleatoric=cfg.aleatoric,
-                                       detach_variance=cfg.detach_variance, **cfg.head)
+                                       detach_variance=cfg.detach_variance,
+                                       variance_head_units=cfg.variance_head_units, **cfg.head)
         if cfg.freeze_foundation:
             U.freeze_foundation(model)
         loss, metrics = U.location_loss_and_metrics(cfg.aleatoric, cfg.nll_beta)
@@ -295,7 +303,8 @@ def write_run_files(cfg, run_, data):
                        input_dimention=list(cfg.input_dimention), max_d=cfg.max_d,
                        min_d=cfg.min_d, normalization_mode=cfg.normalization_mode,
                        bandpass=cfg.bandpass, mixed_precision=cfg.mixed_precision,
-                       aleatoric=bool(cfg.aleatoric), **cfg.head,
+                       aleatoric=bool(cfg.aleatoric),
+                       variance_head_units=int(cfg.variance_head_units), **cfg.head,
                        **window_layout(cfg, data["input_trainset_meta"]),
                        trained_on={"input_hdf5": os.path.abspath(cfg.input_hdf5),
                                    "input_trainset": os.path.abspath(cfg.input_trainset),
