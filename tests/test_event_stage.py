@@ -270,3 +270,15 @@ def test_the_approximate_origin_time_follows_the_runs_velocity_model():
         located, pred, {"max_d": 100.0, "min_d": 0.0}, HALF_SPACE)["hypocentral_distance_km"][0])
     for vp, when in times.items():
         assert T0 - when == pytest.approx(distance / vp, rel=1e-6)
+
+
+def test_a_hybrid_origin_near_a_pole_stays_on_the_globe():
+    """Found by the property test: stations at 89.99 deg gave a hybrid latitude of 90.27
+    (the local plane stepped past the pole)."""
+    stations = [(89.99, 148.88), (89.99, 148.88)]
+    table, s_table = _table(stations, [(89.9, 149.0, 0.0), (89.95, -31.1, 0.0)],
+                            [T0, T0 + 0.3], None, [])
+    _, solution, _, event = next(events.locate_events(
+        table, s_table, HALF_SPACE, solutions.OriginSettings(), _context()))
+    assert solution.located and -90 <= solution.latitude <= 90
+    assert -180 <= solution.longitude < 180

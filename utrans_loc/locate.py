@@ -285,8 +285,7 @@ def station_picks(picks, stations):
         rows.append({"pick_id": pick.pick_id, "network": pick.network, "station": pick.station,
                      "location": pick.location, "time": pick.time, "event_id": pick.event_id,
                      "phase": pick.phase, "phase_hint": pick.phase_hint, "station_lat": lat,
-                     "station_lon": lon, "station_elevation_m": elevation,
-                     "probability": getattr(pick, "probability", np.nan)})
+                     "station_lon": lon, "station_elevation_m": elevation})
     table = pd.DataFrame(rows, columns=events.S_PICK_COLUMNS, index=pd.Index(index, dtype=int))
     table["location"] = pd.Series(list(table["location"]), index=table.index, dtype=object)
     return table, skipped
@@ -406,14 +405,10 @@ def report_items(cfg, settings, loaded, table, skipped, timings, elapsed, n_s_pi
         ("seed", cfg.seed), ("batch_size", cfg.batch_size), ("combine", cfg.combine),
         ("velocity_model", travel.description),
         ("pick_std_s", " ".join(f"{v:g}" for v in cfg.pick_std_s)),
-        ("model_error", cfg.model_error), ("scale_error", cfg.scale_error),
-        ("misfit", cfg.misfit), ("outlier_cut", cfg.outlier_cut),
-        ("depth_correlation", cfg.depth_correlation),
+        ("model_error", cfg.model_error), ("depth_correlation", cfg.depth_correlation),
         ("max_rms_s", cfg.max_rms_s), *settings.items(),
         ("n_located", len(table)), ("n_s_picks_kept", n_s_picks), ("n_skipped", len(skipped)),
         ("n_events", len(events_table)), ("n_events_flagged", int(flagged.sum())),
-        ("n_outlier_picks", int(pd.to_numeric(events_table.get("n_outliers", pd.Series(
-            dtype=float))).fillna(0).sum())),
         ("n_resampled", int((table["resampled"] == "y").sum())),
         ("n_rotated", int((table["rotation_applied"] == "y").sum())),
         ("time_taken_s", round(elapsed, 1)),

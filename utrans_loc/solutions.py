@@ -334,6 +334,9 @@ def _hybrid(estimates, arrivals, used, model, settings, flags):
         model, settings.model_error, settings.max_depth_km, settings.depth_correlation)
     if not all(math.isfinite(fit[k]) for k in ("latitude", "longitude", "depth_km", "time")):
         return None
+    # Near a pole the local plane can step past it: the origin continues over the pole.
+    fit["latitude"], fit["longitude"] = (float(v) for v in wrap_latlon(fit["latitude"],
+                                                                        fit["longitude"]))
     n_stations, n_p, n_s = _counts(arrivals, used)
     problems = list(flags)
     if fit["rms_s"] > settings.max_rms_s:
