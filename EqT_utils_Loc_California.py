@@ -887,33 +887,12 @@ BETA_NLL = 0.5   # Seitzer et al. (2022): 0 is the plain Gaussian NLL, 1 weights
 
 
 @keras.saving.register_keras_serializable(package="utrans")
-class LogVarianceDense(layers.Dense):
-    """Dense layer whose outputs (log-variances) are clipped to :data:`LOG_VARIANCE_RANGE`.
-
-    ``detach_inputs``: no gradient flows from the log-variances into the features
-    they read (the layer's own weights still learn), so the variance head cannot
-    pull the shared features away from the mean. The forward pass is the same.
-    """
-
-    def __init__(self, units, detach_inputs=False, **kwargs):
-        super().__init__(units, **kwargs)
-        self.detach_inputs = bool(detach_inputs)
-
-    def call(self, inputs, training=None):
-        if self.detach_inputs:
-            inputs = keras.ops.stop_gradient(inputs)
-        return keras.ops.clip(super().call(inputs), *LOG_VARIANCE_RANGE)
-
-    def get_config(self):
-        return {**super().get_config(), "detach_inputs": self.detach_inputs}
-
-
-@keras.saving.register_keras_serializable(package="utrans")
 class VarianceHiddenDense(layers.Dense):
     """The hidden layer of a nonlinear variance head (``variance_head_units``).
 
-    ``detach_inputs`` as :class:`LogVarianceDense`: no gradient from it into the
-    shared features it reads; its own weights learn.
+    ``detach_inputs``: no gradient flows from its outputs into the features it
+    reads (the layer's own weights still learn), so the variance head cannot pull
+    the shared features away from the mean. The forward pass is the same.
     """
 
     def __init__(self, units, detach_inputs=False, **kwargs):
@@ -927,6 +906,15 @@ class VarianceHiddenDense(layers.Dense):
 
     def get_config(self):
         return {**super().get_config(), "detach_inputs": self.detach_inputs}
+
+
+@keras.saving.register_keras_serializable(package="utrans")
+class LogVarianceDense(VarianceHiddenDense):
+    """The log-variance output: :class:`VarianceHiddenDense` (``detach_inputs`` the same)
+    with its outputs clipped to :data:`LOG_VARIANCE_RANGE`."""
+
+    def call(self, inputs, training=None):
+        return keras.ops.clip(super().call(inputs), *LOG_VARIANCE_RANGE)
 
 
 def label_log_variance(labels):
